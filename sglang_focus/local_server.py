@@ -1,0 +1,129 @@
+"""Start, wait for and stop a real `python -m sglang.launch_server` on 127.0.0.1 (demo, tests, benchmarks).
+
+The server is stopped by PID: SIGTERM to the launcher and to the children it had, then SIGKILL to whatever
+remains after a grace period. Nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import psutil
+import requests
+
+CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# A small KV pool (SGLang otherwise sizes it from free memory: about 16 GB here), and idle schedulers that sleep
+# instead of spinning a core each, which matters when several servers share two cores.
+CPU_DEFAULT_ARGS = ("--max-total-tokens", "8192", "--sleep-on-idle")
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class LocalServer:
+    """One SGLang server process tree; use as a context manager or call start()/stop()."""
+
+    def __init__(self, model_path: str | Path, args: Sequence[str] = (), *, log_path: str | Path | None = None,
+                 startup_timeout: float = 300.0):
+        self.model_path = str(model_path)
+        self.args = list(args)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    def command(self) -> list[str]:
+        cpu_args = [] if cuda_available() else list(CPU_DEFAULT_ARGS)
+        return [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model_path,
+                "--host", "127.0.0.1", "--port", str(self.port), *cpu_args, *self.args]
+
+    def start(self) -> "LocalServer":
+        env = dict(os.environ)
+        if not cuda_available():
+            env.update(CPU_ENV)
+        self._log_file = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"server exited with code {self.process.returncode} during start-up"
+                                       f"{self._log_hint()}")
+            try:
+                if requests.get(f"{self.base_url}/health_generate", timeout=30).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise ServerStartError(f"server not healthy after {self.startup_timeout:.0f}s{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        return f"; log {self.log_path}:\n" + "\n".join(tail)
+
+    def stop(self, grace: float = 20.0) -> None:
+        """Terminate the launcher and every process it started; idempotent."""
+        if self.process is None:
+            return
+        try:
+            launcher = psutil.Process(self.process.pid)
+            tree = [launcher, *launcher.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            _signal_quietly(proc, "terminate")
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for proc in alive:
+            _signal_quietly(proc, "kill")
+        psutil.wait_procs(alive, timeout=5)
+        self.process.wait(timeout=5)
+        self.process = None
+        if self._log_file not in (None, subprocess.DEVNULL):
+            self._log_file.close()
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def generate(self, payload: dict, timeout: float = 300.0) -> requests.Response:
+        return requests.post(f"{self.base_url}/generate", json=payload, timeout=timeout)
+
+
+def _signal_quietly(proc: psutil.Process, action: str) -> None:
+    try:
+        getattr(proc, action)()
+    except psutil.NoSuchProcess:
+        pass

@@ -1,0 +1,64 @@
+"""FocusConfig parsing: validated once, frozen, unknown keys and bad values rejected with the option's name."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import pytest
+
+from sglang_focus.config import FocusConfig, FocusConfigError, parse_focus_config
+
+
+def test_defaults_follow_the_spec():
+    cfg = parse_focus_config(None)
+    assert cfg == FocusConfig(alpha=1.5, threshold=0.8, delayed_cache=True)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        parse_focus_config({}).alpha = 3.0
+
+
+def test_values_are_coerced_to_their_types():
+    cfg = parse_focus_config({"alpha": "2", "threshold": 0.9, "block_size": 32.0, "mask_id": 7})
+    assert (cfg.alpha, cfg.block_size, cfg.mask_id) == (2.0, 32, 7)
+    assert isinstance(cfg.block_size, int)
+
+
+def test_infinite_alpha_disables_eviction_and_round_trips():
+    cfg = parse_focus_config({"alpha": "inf"})
+    assert math.isinf(cfg.alpha)
+    assert msgspec.structs.asdict(cfg)["alpha"] == math.inf
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"alpha": 0.99}, "'alpha' must be >= 1"),
+    ({"alpha": None}, "'alpha' must be a number"),
+    ({"alpha": float("nan")}, "'alpha' must be >= 1"),
+    ({"alpha": True}, "'alpha' must be a number"),
+    ({"threshold": 0}, "'threshold' must be in (0, 1]"),
+    ({"threshold": "abc"}, "'threshold' must be a number"),
+    ({"block_size": 3.5}, "'block_size' must be an integer"),
+    ({"block_size": 0}, "'block_size' must be in [1, 256]"),
+    ({"mask_id": -1}, "'mask_id' must be a token id"),
+    ({"delayed_cache": "yes"}, "'delayed_cache' must be true or false"),
+    ({"alpah": 2}, "unknown FOCUS option(s) 'alpah'"),
+])
+def test_bad_values_name_the_option(raw, message):
+    with pytest.raises(FocusConfigError, match=None) as info:
+        parse_focus_config(raw)
+    assert message in str(info.value)
+
+
+def test_engine_kwargs_select_focus_with_a_validated_yaml():
+    import yaml
+
+    from sglang_focus import engine_kwargs
+
+    kwargs = engine_kwargs(alpha=2, threshold=0.9)
+    assert kwargs["dllm_algorithm"] == "Focus"
+    with open(kwargs["dllm_algorithm_config"]) as f:
+        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True}
+    with pytest.raises(FocusConfigError):
+        engine_kwargs(alpha=0)
