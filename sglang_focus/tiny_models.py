@@ -16,6 +16,11 @@ from safetensors.torch import save_file
 from sglang_focus.tokenizer import SAMPLE_TEXT, save_tokenizer, train_tokenizer
 
 TINY_VOCAB = 512
+# The final RMSNorm weight is this constant instead of 1 (a logit temperature of 1/20). With plain random weights
+# the softmax is nearly uniform (top probability ~0.01), so threshold unmasking would never fire and every step
+# would decode exactly one token; at 20, steps mix multi-token threshold decodes with top-1 fallbacks, as in a
+# real dLLM.
+FINAL_NORM_SCALE = 20.0
 
 
 def _tiny_tokenizer(out_dir: Path) -> dict[str, int]:
@@ -60,7 +65,8 @@ def random_sdar_weights(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
 
     h, d = cfg["hidden_size"], cfg["head_dim"]
     q_out, kv_out = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    weights = {"model.embed_tokens.weight": rand(cfg["vocab_size"], h), "model.norm.weight": torch.ones(h)}
+    weights = {"model.embed_tokens.weight": rand(cfg["vocab_size"], h),
+               "model.norm.weight": torch.full((h,), FINAL_NORM_SCALE)}
     if not cfg["tie_word_embeddings"]:
         weights["lm_head.weight"] = rand(cfg["vocab_size"], h)
     for i in range(cfg["num_hidden_layers"]):
@@ -155,8 +161,7 @@ def random_llada2_weights(cfg: dict, seed: int, *, router_std: float = 0.5,
     """HF-layout LLaDA2 weights: fused `attention.query_key_value`, `attention.dense`, per-expert
     gate/up/down projections, `mlp.gate.weight` + fp32 `mlp.gate.expert_bias`, `mlp.shared_experts.*`,
     `model.word_embeddings`, `lm_head`. normal(0, 0.05) with unit norms; the router uses `router_std` so that
-    different tokens pick different experts. With the default `head_std` every token's top probability stays
-    near 1/vocab, so threshold unmasking commits one token per step; about 1.0 gives confidences up to ~0.95.
+    different tokens pick different experts. The final norm is FINAL_NORM_SCALE, so confidences are peaked.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -173,7 +178,8 @@ def random_llada2_weights(cfg: dict, seed: int, *, router_std: float = 0.5,
     h, d = cfg["hidden_size"], cfg["head_dim"]
     q_out, kv_out = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
     num_experts, moe_inner = cfg["num_experts"], cfg["moe_intermediate_size"]
-    weights = {"model.word_embeddings.weight": rand(cfg["vocab_size"], h), "model.norm.weight": torch.ones(h)}
+    weights = {"model.word_embeddings.weight": rand(cfg["vocab_size"], h),
+               "model.norm.weight": torch.full((h,), FINAL_NORM_SCALE)}
     if not cfg["tie_word_embeddings"]:
         weights["lm_head.weight"] = rand(cfg["vocab_size"], h, std=head_std)
     for i in range(cfg["num_hidden_layers"]):
