@@ -1,19 +1,31 @@
-"""`Focus`: the dLLM algorithm SGLang runs when FOCUS is selected."""
+"""`Focus`: the dLLM algorithm SGLang runs when FOCUS is selected (spec §4.10, one FDFO step per round)."""
 
 from __future__ import annotations
 
+from typing import Any, List, Optional
+
+import torch
 from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
 from sglang.srt.dllm.config import DllmConfig
 
 from sglang_focus.compat import assert_hooks_active
 from sglang_focus.config import SUPPORTED_ARCHITECTURES, parse_focus_config
+from sglang_focus.forward.attention import prefer_paged_attention
+from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
+from sglang_focus.forward.plan import StepPlan, plan_step
+from sglang_focus.forward.sub_batch import rows_batch
+from sglang_focus.structs import FocusReqState, StepStats
+from sglang_focus.unmasking.delayed_cache import caching_rule, record_step
+from sglang_focus.unmasking.low_confidence import unmask_kept_rows
+
+STATS_KEY = "focus_step"  # logits_output.customized_info key: one StepStats dict per request
 
 
 class Focus(LowConfidence):
-    """LowConfidence unmasking with FOCUS token eviction.
+    """LowConfidence unmasking with the delayed cache and FOCUS token eviction.
 
-    The unmasking rule is the host's (`LowConfidence.step`, for both arms of any comparison), so FOCUS changes
-    only which block tokens run through layers 2..L.
+    The unmasking rule is the host's (for both arms of any comparison), so FOCUS changes only which block tokens
+    are processed and which run through layers 2..L.
     """
 
     supported_architectures = SUPPORTED_ARCHITECTURES
@@ -25,3 +37,65 @@ class Focus(LowConfidence):
         assert_hooks_active()
         self.focus_config = parse_focus_config(config.algorithm_config)
         self.threshold = self.focus_config.threshold
+
+    @classmethod
+    def validate_request(cls, req) -> Optional[str]:
+        from sglang_focus.request_params import validate_request
+
+        return validate_request(req)
+
+    def run(self, model_runner, forward_batch, algo_states: Optional[List[Any]] = None):
+        if not self.fdfo:
+            raise RuntimeError("FOCUS needs FDFO scheduling (do not pass --no-dllm-fdfo)")
+        bs, block = forward_batch.batch_size, self.block_size
+        states = [s if isinstance(s, FocusReqState) else FocusReqState.fresh(block)
+                  for s in (algo_states or [None] * bs)]
+        ids = forward_batch.input_ids.view(bs, block)
+        masked = (ids == self.mask_id).cpu()
+        plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu), self._alphas(forward_batch),
+                         delayed_cache=self.focus_config.delayed_cache, device=ids.device)
+        batch = self._step_batch(forward_batch, plan, model_runner.attn_backend)
+        out = model_runner.forward(batch, pp_proxy_tensors=None)
+        kept_rows, kept_counts, rightmost = self._retained(batch, plan)
+        new_ids = unmask_kept_rows(ids, out.logits_output.full_logits, plan.rows[kept_rows],
+                                   mask_id=self.mask_id, threshold=self.threshold)
+        forward_batch.input_ids.copy_(new_ids.view(-1))
+        newly = (masked & (new_ids.cpu() != self.mask_id)).sum(dim=1).tolist()
+        stats = [StepStats(int(plan.row_counts[r]), kept_counts[r], plan.masked[r], newly[r]) for r in range(bs)]
+        for r, state in enumerate(states):
+            caching_rule(state, masked[r].tolist())
+            record_step(state, newly_unmasked=newly[r], rightmost_kept=rightmost[r])
+        out.logits_output.customized_info = {STATS_KEY: [s.as_dict() for s in stats]}
+        done = (masked.sum(dim=1) == 0).tolist()
+        states_out = [None if done[r] else states[r] for r in range(bs)]
+        return (out.logits_output, forward_batch.input_ids.view(bs, block).tolist(),
+                [block if d else 0 for d in done], states_out, out.can_run_graph)
+
+    def _alphas(self, forward_batch) -> list[float]:
+        try:
+            from sglang_focus.request_params import request_alphas
+        except ImportError:  # TEMPORARY until request_params lands
+            return [self.focus_config.alpha] * forward_batch.batch_size
+        return request_alphas(forward_batch, self.focus_config.alpha)
+
+    @staticmethod
+    def _step_batch(forward_batch, plan: StepPlan, attn_backend):
+        """SGLang's batch when every row runs and nothing may be evicted; otherwise a batch of the processing rows."""
+        if plan.processes_everything and plan.eviction is None:
+            return forward_batch
+        batch = rows_batch(forward_batch, plan.rows, plan.row_counts, plan.window)
+        if plan.eviction is not None:
+            prefer_paged_attention(attn_backend)
+            batch.model_specific_states[FOCUS_INPUT_KEY] = plan.eviction
+        return batch
+
+    @staticmethod
+    def _retained(batch, plan: StepPlan) -> tuple[torch.Tensor, list[int], list[int]]:
+        """Kept rows of the step batch, kept count and rightmost kept block position per request."""
+        retained = batch.model_specific_states.get(FOCUS_RESULT_KEY) if plan.eviction is not None else None
+        if retained is None:
+            all_rows = torch.arange(plan.rows.shape[0], device=plan.rows.device)
+            return all_rows, plan.row_counts.tolist(), [pos[-1] for pos in plan.positions]
+        prefix = plan.window - torch.tensor([pos[-1] + 1 for pos in plan.positions])
+        rightmost = retained.window.cpu() - prefix - 1
+        return retained.kept_rows, retained.kept_counts.cpu().tolist(), rightmost.tolist()
