@@ -22,7 +22,7 @@ from sglang_focus import tiny_models  # noqa: E402
 
 # Both arms of every comparison decode at this threshold.
 THRESHOLD = 0.8
-MAX_RUNNING = 8
+MAX_RUNNING = 16
 
 
 @pytest.fixture(scope="session")
@@ -51,41 +51,73 @@ def stock_args(tmp_path_factory) -> list[str]:
     return ["--dllm-algorithm", "LowConfidence", "--dllm-algorithm-config", cfg]
 
 
-def focus_args(tmp_path_factory) -> list[str]:
-    cfg = write_yaml(tmp_path_factory.mktemp("focus_cfg") / "focus.yaml", {"threshold": THRESHOLD})
+def focus_args(tmp_path_factory, **options) -> list[str]:
+    cfg = write_yaml(tmp_path_factory.mktemp("focus_cfg") / "focus.yaml", {"threshold": THRESHOLD, **options})
     return ["--focus", "--focus-config", cfg]
 
 
-@pytest.fixture(scope="session")
-def sdar_stock_server(tmp_path_factory, tiny_sdar):
-    server = start_server(tmp_path_factory, tiny_sdar, "sdar_stock", stock_args(tmp_path_factory))
-    yield server
-    server.stop()
+# FOCUS with alpha >= the block size (no request ever evicts) and without the delayed cache: the configuration
+# that must decode exactly like stock LowConfidence.
+NO_EVICTION = {"alpha": 16, "delayed_cache": False}
+
+
+def _server(request, tmp_path_factory, model_fixture: str, name: str, args: list[str]):
+    server = start_server(tmp_path_factory, request.getfixturevalue(model_fixture), name, args)
+    request.addfinalizer(server.stop)
+    return server
 
 
 @pytest.fixture(scope="session")
-def sdar_focus_server(tmp_path_factory, tiny_sdar):
-    server = start_server(tmp_path_factory, tiny_sdar, "sdar_focus", focus_args(tmp_path_factory))
-    yield server
-    server.stop()
+def sdar_stock_server(request, tmp_path_factory):
+    return _server(request, tmp_path_factory, "tiny_sdar", "sdar_stock", stock_args(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")
-def llada2_stock_server(tmp_path_factory, tiny_llada2):
-    server = start_server(tmp_path_factory, tiny_llada2, "llada2_stock", stock_args(tmp_path_factory))
-    yield server
-    server.stop()
+def sdar_focus_server(request, tmp_path_factory):
+    """FOCUS as shipped (alpha 1.5, delayed cache), with Prometheus metrics on."""
+    return _server(request, tmp_path_factory, "tiny_sdar", "sdar_focus",
+                   [*focus_args(tmp_path_factory), "--enable-metrics"])
 
 
 @pytest.fixture(scope="session")
-def llada2_focus_server(tmp_path_factory, tiny_llada2):
-    server = start_server(tmp_path_factory, tiny_llada2, "llada2_focus", focus_args(tmp_path_factory))
-    yield server
-    server.stop()
+def sdar_focus_no_eviction_server(request, tmp_path_factory):
+    return _server(request, tmp_path_factory, "tiny_sdar", "sdar_focus_no_eviction",
+                   focus_args(tmp_path_factory, **NO_EVICTION))
+
+
+@pytest.fixture(scope="session")
+def llada2_stock_server(request, tmp_path_factory):
+    return _server(request, tmp_path_factory, "tiny_llada2", "llada2_stock", stock_args(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def llada2_focus_server(request, tmp_path_factory):
+    return _server(request, tmp_path_factory, "tiny_llada2", "llada2_focus", focus_args(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def llada2_focus_no_eviction_server(request, tmp_path_factory):
+    return _server(request, tmp_path_factory, "tiny_llada2", "llada2_focus_no_eviction",
+                   focus_args(tmp_path_factory, **NO_EVICTION))
+
+
+@pytest.fixture(scope="session")
+def sdar_focus_metrics_server(sdar_focus_server):
+    return sdar_focus_server
 
 
 @pytest.fixture(scope="session", params=["sdar", "llada2"])
-def server_pair(request):
-    """(stock, focus) servers on the same tiny checkpoint, for each architecture."""
-    name = request.param
-    return name, request.getfixturevalue(f"{name}_stock_server"), request.getfixturevalue(f"{name}_focus_server")
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def focus_server(request, arch):
+    """The evicting FOCUS server of each architecture."""
+    return request.getfixturevalue(f"{arch}_focus_server")
+
+
+@pytest.fixture(scope="session")
+def stock_and_no_eviction(request, arch):
+    """(stock LowConfidence, FOCUS that never evicts) on the same checkpoint and threshold."""
+    return request.getfixturevalue(f"{arch}_stock_server"), request.getfixturevalue(f"{arch}_focus_no_eviction_server")

@@ -1,4 +1,4 @@
-"""`--focus` serves every SGLang front door, and decodes exactly like stock LowConfidence at the same threshold."""
+"""`--focus` serves every SGLang front door; without eviction it decodes exactly like stock LowConfidence."""
 
 from __future__ import annotations
 
@@ -30,22 +30,21 @@ def generate_ids(server, prompts, max_new_tokens=40):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_focus_tokens_equal_stock_low_confidence(server_pair, batch_size):
-    _, stock, focus = server_pair
+def test_focus_with_alpha_at_block_size_equals_stock_low_confidence(stock_and_no_eviction, batch_size):
+    stock, focus = stock_and_no_eviction
     prompts = PROMPTS[:batch_size]
     stock_ids, focus_ids = generate_ids(stock, prompts), generate_ids(focus, prompts)
     assert focus_ids == stock_ids
     assert all(len(ids) == 40 for ids in focus_ids)
 
 
-def test_mask_token_is_never_emitted(server_pair):
-    _, stock, focus = server_pair
-    for server in (stock, focus):
+def test_mask_token_is_never_emitted(stock_and_no_eviction, focus_server):
+    for server in (*stock_and_no_eviction, focus_server):
         assert all(MASK_ID not in ids for ids in generate_ids(server, PROMPTS, max_new_tokens=48))
 
 
-def test_generate_returns_text_and_meta(server_pair):
-    _, _, focus = server_pair
+def test_generate_returns_text_and_meta(focus_server):
+    focus = focus_server
     resp = focus.generate({"text": "Hello there", "sampling_params": {"max_new_tokens": 16}})
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -53,8 +52,8 @@ def test_generate_returns_text_and_meta(server_pair):
     assert 0 < body["meta_info"]["completion_tokens"] <= 16
 
 
-def test_openai_chat_completions(server_pair):
-    _, _, focus = server_pair
+def test_openai_chat_completions(focus_server):
+    focus = focus_server
     resp = requests.post(f"{focus.base_url}/v1/chat/completions", timeout=120, json={
         "model": "default", "max_tokens": 24,
         "messages": [{"role": "user", "content": "What is the capital of France?"}]})
@@ -65,8 +64,8 @@ def test_openai_chat_completions(server_pair):
     assert resp.json()["usage"]["completion_tokens"] > 0
 
 
-def test_streaming_concatenates_to_the_full_answer(server_pair):
-    _, _, focus = server_pair
+def test_streaming_concatenates_to_the_full_answer(focus_server):
+    focus = focus_server
     payload = {"text": "Count from one to ten: 1 2 3", "stream": True,
                "sampling_params": {"max_new_tokens": 40, "ignore_eos": True}}
     chunks = []
@@ -81,10 +80,10 @@ def test_streaming_concatenates_to_the_full_answer(server_pair):
     assert chunks[-1]["output_ids"] == full["output_ids"]
 
 
-def test_frontend_program_with_sgl_gen(server_pair):
+def test_frontend_program_with_sgl_gen(focus_server):
     import sglang as sgl
 
-    _, _, focus = server_pair
+    focus = focus_server
 
     @sgl.function
     def qa(s, question):
