@@ -54,6 +54,17 @@ MANIFEST: tuple[Patch, ...] = (
         removal="Upstream reading mask_token_id/block_size from the model config.",
     ),
     Patch(
+        module="model_loader_utils", hook="register_focus_models",
+        target="sglang.srt.model_loader.utils.get_model_architecture",
+        kind="BEFORE", scope="focus",
+        why="The evicting forward needs layer 0/1 internals (q/k after RoPE, the KV write) that the stock model "
+            "class does not expose.",
+        how="When FOCUS is the dLLM algorithm, puts our subclasses (sglang_focus.adapters) into SGLang's "
+            "ModelRegistry before the scheduler resolves the architecture; they run SGLang's forward unchanged "
+            "unless a batch carries FOCUS eviction input.",
+        removal="An upstream per-algorithm model hook, or layer-level eviction support in the model classes.",
+    ),
+    Patch(
         module="arg_groups_overrides", hook="keep_torch_native_on_cpu",
         target="sglang.srt.arg_groups.overrides._dllm_attention_backend",
         kind="AROUND", scope="dllm",
@@ -80,6 +91,61 @@ MANIFEST: tuple[Patch, ...] = (
             "id as output text.",
         how="Sets the mask id's logit to -inf before the original step.",
         removal="Upstream excluding mask_id from the unmasking argmax.",
+    ),
+    Patch(
+        module="sampling_sampling_batch_info", hook="carry_focus_request_params",
+        target="sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.from_schedule_batch",
+        kind="AFTER", scope="focus",
+        why="The worker reads each request's FOCUS alpha from `sampling_info.custom_params`, but SGLang fills that "
+            "list only for batches with a custom logit processor (None otherwise, even when requests send "
+            "custom_params).",
+        how="For a FOCUS dLLM batch in which some request sends `custom_params[\"focus\"]`, sets `custom_params` to "
+            "the requests' custom_params in batch order on the freshly built SamplingBatchInfo. dLLM batches are "
+            "rebuilt every round (never filtered or merged), so the list stays aligned.",
+        removal="Upstream always carrying custom_params (or a per-request algorithm field) to the dLLM worker.",
+    ),
+    Patch(
+        module="dllm_mixin_scheduler", hook="record_focus_stats",
+        target="sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.process_batch_result_dllm",
+        kind="BEFORE", scope="focus",
+        why="FOCUS stats (forwards, processed/kept/evicted rows, tokens per forward) per request in the response "
+            "metadata and as Prometheus counters; the dLLM result path never fills `req.customized_info`.",
+        how="When the result's `logits_output.customized_info` holds FOCUS step stats, adds each request's delta "
+            "to its totals in `req.customized_info[\"focus_stats\"]` before the method streams, and increments the "
+            "sglang:focus_* counters (created lazily) where SGLang's scheduler metrics are on.",
+        removal="An upstream per-request stats channel for dLLM algorithms (filling customized_info from "
+                "logits_output as the autoregressive path does).",
+    ),
+    Patch(
+        module="managers_scheduler_components_output_streamer", hook="focus_stats_are_request_level",
+        target="sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+               ".is_request_level_customized_info_key",
+        kind="AROUND", scope="focus",
+        why="SGLang slices customized_info per token unless the key is request-level; `focus_stats` is one "
+            "summary per request.",
+        how="Returns True for \"focus_stats\", else the original answer.",
+        removal="Upstream letting an algorithm declare request-level keys (or a subclass via "
+                "Scheduler.get_output_streamer_class, which the scheduler hooks of a plugin cannot reach cleanly).",
+    ),
+    Patch(
+        module="managers_scheduler_components_output_streamer", hook="refresh_streamed_focus_stats",
+        target="sglang.srt.managers.scheduler_components.output_streamer._GenerationStreamAccumulator.accept",
+        kind="AFTER", scope="focus",
+        why="A request-level key reaches a stream only with its first chunk, so streamed responses would show "
+            "the totals after one forward.",
+        how="When the accepted request is streamed and has FOCUS stats, puts its current summary in this chunk's "
+            "`focus_stats` entry.",
+        removal="Upstream re-sending request-level keys with every stream chunk.",
+    ),
+    Patch(
+        module="managers_tokenizer_manager", hook="keep_latest_focus_stats",
+        target="sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info",
+        kind="AFTER", scope="focus",
+        why="SGLang concatenates every chunk's customized_info values, so a stream would show one running total "
+            "per chunk, and with --incremental-streaming-output it slices them by token offset (leaving none).",
+        how="Removes `focus_stats` from the request's accumulated customized_info and sets "
+            "`meta_info[\"focus_stats\"]` to the newest summary only. No-op unless the key is present.",
+        removal="Same as the streamer patch: upstream replacing, not appending, request-level values.",
     ),
 )
 

@@ -46,6 +46,8 @@ def _select_focus(args: argparse.Namespace) -> None:
     if args.dllm_algorithm not in (None, ALGORITHM_NAME):
         raise FocusConfigError(f"--focus selects the {ALGORITHM_NAME} algorithm and cannot be combined with "
                                f"--dllm-algorithm {args.dllm_algorithm}")
+    if getattr(args, "dllm_fdfo", True) is False:
+        raise FocusConfigError("FOCUS runs in FDFO mode only; remove --no-dllm-fdfo")
     config_file = _config_file(args)
     raw = load_yaml_mapping(config_file) if config_file else {}
     if getattr(args, "focus_alpha", None) is not None:

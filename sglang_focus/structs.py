@@ -43,16 +43,3 @@ class RetainPlan(NamedTuple):
     kept_rows: torch.Tensor  # [k] int64: kept rows of the processing batch, ascending
     kept_counts: torch.Tensor  # [bs] int64: kept rows per request
     window: torch.Tensor  # [bs] int64: h + rightmost kept position + 1 (keys attended at layers >= 1)
-
-
-class StepStats(NamedTuple):
-    """One request's numbers for one forward (summed into the response's focus_stats)."""
-
-    processed: int
-    kept: int
-    masked: int
-    unmasked: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {"forwards": 1, "processed": self.processed, "kept": self.kept,
-                "evicted": self.processed - self.kept, "masked": self.masked, "unmasked": self.unmasked}

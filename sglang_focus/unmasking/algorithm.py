@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+import msgspec
 import torch
 from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
 from sglang.srt.dllm.config import DllmConfig
@@ -14,12 +15,10 @@ from sglang_focus.forward.attention import prefer_paged_attention
 from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
 from sglang_focus.forward.plan import StepPlan, plan_step
 from sglang_focus.forward.sub_batch import rows_batch
-from sglang_focus.structs import FocusReqState, StepStats
+from sglang_focus.stats import STEP_KEY, FocusStats
+from sglang_focus.structs import FocusReqState
 from sglang_focus.unmasking.delayed_cache import caching_rule, record_step
 from sglang_focus.unmasking.low_confidence import unmask_kept_rows
-
-STATS_KEY = "focus_step"  # logits_output.customized_info key: one StepStats dict per request
-
 
 class Focus(LowConfidence):
     """LowConfidence unmasking with the delayed cache and FOCUS token eviction.
@@ -31,12 +30,30 @@ class Focus(LowConfidence):
     supported_architectures = SUPPORTED_ARCHITECTURES
     # torch_native for the CPU engine (SGLang would otherwise force FlashInfer), FlashInfer on GPUs.
     supported_attention_backends = ("flashinfer", "torch_native")
+    # Any other backend chosen on a GPU is replaced by FlashInfer (the compacted batch needs its paged plan).
+    required_attention_backend = "flashinfer"
 
     def __init__(self, config: DllmConfig):
         super().__init__(config)
         assert_hooks_active()
         self.focus_config = parse_focus_config(config.algorithm_config)
         self.threshold = self.focus_config.threshold
+
+    @classmethod
+    def configure_server_args(cls, server_args) -> None:
+        """Launch-time constraints: eviction changes the batch shape inside the forward, so CUDA graphs are off;
+        scores are per attention-TP rank, so TP, PP and DP stay at 1 (spec §12.3 is future work)."""
+        from sglang.srt.arg_groups.overrides import declare_resolution, resolving_view
+        from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
+
+        cfg = resolving_view(server_args)
+        for name in ("tp_size", "pp_size", "dp_size"):
+            if (getattr(cfg, name, 1) or 1) > 1:
+                raise ValueError(f"FOCUS supports {name}=1 only (got {getattr(cfg, name)})")
+        graphs = cfg.cuda_graph_config
+        for phase in (Phase.PREFILL, Phase.DECODE):
+            graphs = with_phase(graphs, phase, backend=Backend.DISABLED)
+        declare_resolution(server_args, cls.__name__, cuda_graph_config=graphs)
 
     @classmethod
     def validate_request(cls, req) -> Optional[str]:
@@ -61,21 +78,19 @@ class Focus(LowConfidence):
                                    mask_id=self.mask_id, threshold=self.threshold)
         forward_batch.input_ids.copy_(new_ids.view(-1))
         newly = (masked & (new_ids.cpu() != self.mask_id)).sum(dim=1).tolist()
-        stats = [StepStats(int(plan.row_counts[r]), kept_counts[r], plan.masked[r], newly[r]) for r in range(bs)]
+        stats = [_step_delta(int(plan.row_counts[r]), kept_counts[r], plan.masked[r], newly[r]) for r in range(bs)]
         for r, state in enumerate(states):
             caching_rule(state, masked[r].tolist())
             record_step(state, newly_unmasked=newly[r], rightmost_kept=rightmost[r])
-        out.logits_output.customized_info = {STATS_KEY: [s.as_dict() for s in stats]}
+        out.logits_output.customized_info = {STEP_KEY: stats}
         done = (masked.sum(dim=1) == 0).tolist()
         states_out = [None if done[r] else states[r] for r in range(bs)]
         return (out.logits_output, forward_batch.input_ids.view(bs, block).tolist(),
                 [block if d else 0 for d in done], states_out, out.can_run_graph)
 
     def _alphas(self, forward_batch) -> list[float]:
-        try:
-            from sglang_focus.request_params import request_alphas
-        except ImportError:  # TEMPORARY until request_params lands
-            return [self.focus_config.alpha] * forward_batch.batch_size
+        from sglang_focus.request_params import request_alphas
+
         return request_alphas(forward_batch, self.focus_config.alpha)
 
     @staticmethod
@@ -99,3 +114,10 @@ class Focus(LowConfidence):
         prefix = plan.window - torch.tensor([pos[-1] + 1 for pos in plan.positions])
         rightmost = retained.window.cpu() - prefix - 1
         return retained.kept_rows, retained.kept_counts.cpu().tolist(), rightmost.tolist()
+
+
+def _step_delta(processed: int, kept: int, masked: int, unmasked: int) -> dict[str, int]:
+    """One request's FocusStats for one forward, as the plain dict the scheduler hook sums."""
+    delta = FocusStats(forwards=1, processed=processed, kept=kept, evicted=processed - kept, masked=masked,
+                       unmasked=unmasked)
+    return msgspec.structs.asdict(delta)

@@ -43,6 +43,7 @@ CASES = {
                                "'threshold' must be in (0, 1]"),
     "other_algorithm": (lambda m, t: ["--model-path", m, "--focus", "--dllm-algorithm", "LowConfidence"],
                         "cannot be combined with --dllm-algorithm LowConfidence"),
+    "sync_mode": (lambda m, t: ["--model-path", m, "--focus", "--no-dllm-fdfo"], "FDFO mode only"),
     "missing_config_file": (lambda m, t: ["--model-path", m, "--focus", "--focus-config", str(t / "nope.yaml")],
                             "does not exist"),
 }

@@ -1,0 +1,117 @@
+"""Per-request FOCUS parameters, carried in `sampling_params.custom_params["focus"]`.
+
+A request may send `{"focus": {"alpha": <number >= 1 or "inf">, "enabled": <bool>}}`; both keys are optional.
+`enabled: false` means α = inf (no eviction for that request). Other top-level `custom_params` keys belong to
+other features and are ignored. Requests are validated at admission (`validate_request`, scheduler process);
+the worker reads the already-validated values per forward (`request_alphas`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import msgspec
+
+from sglang_focus.config import ALGORITHM_NAME, FocusConfigError
+
+FOCUS_KEY = "focus"
+REQUEST_KEYS = frozenset({"alpha", "enabled"})
+INF_SPELLINGS = frozenset({"inf", "+inf", "infinity"})
+
+
+class FocusRequestParams(msgspec.Struct, frozen=True):
+    """One request's FOCUS overrides, validated."""
+
+    alpha: float | None = None  # α ≥ 1, inf = no eviction; None = the server's FocusConfig.alpha
+
+    def resolve_alpha(self, default_alpha: float) -> float:
+        return default_alpha if self.alpha is None else self.alpha
+
+
+DEFAULT_PARAMS = FocusRequestParams()
+
+
+def _parse_alpha(value: Any) -> float:
+    if isinstance(value, str) and value.strip().lower() in INF_SPELLINGS:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FocusConfigError(f"'focus.alpha' must be a number >= 1 or \"inf\", got {value!r}")
+    alpha = float(value)
+    if math.isnan(alpha) or alpha < 1:
+        raise FocusConfigError(f"'focus.alpha' must be >= 1 (\"inf\" disables eviction), got {value!r}")
+    return alpha
+
+
+def _parse_enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FocusConfigError(f"'focus.enabled' must be true or false, got {value!r}")
+    return value
+
+
+def parse_request_params(custom_params: Optional[Mapping[str, Any]]) -> FocusRequestParams:
+    """Validate a request's `custom_params` into FocusRequestParams.
+
+    Only the "focus" entry is read; it may be absent or null (server defaults). Raises FocusConfigError, naming the
+    key, for an unknown key under "focus", a non-numeric or < 1 alpha, a non-boolean `enabled`, or `enabled: false`
+    together with a finite alpha.
+    """
+    focus = custom_params.get(FOCUS_KEY) if isinstance(custom_params, Mapping) else None
+    if focus is None:
+        return DEFAULT_PARAMS
+    if not isinstance(focus, Mapping):
+        raise FocusConfigError(f"'focus' must be an object with optional keys 'alpha' and 'enabled', got {focus!r}")
+    unknown = sorted(set(focus) - REQUEST_KEYS)
+    if unknown:
+        raise FocusConfigError(f"unknown key(s) {', '.join(repr(f'focus.{k}') for k in unknown)}; "
+                               f"known: 'focus.alpha', 'focus.enabled'")
+    alpha = _parse_alpha(focus["alpha"]) if "alpha" in focus else None
+    if "enabled" in focus and not _parse_enabled(focus["enabled"]):
+        if alpha is not None and alpha != math.inf:
+            raise FocusConfigError(f"'focus.enabled': false disables eviction and contradicts "
+                                   f"'focus.alpha': {focus['alpha']!r}")
+        alpha = math.inf
+    return FocusRequestParams(alpha=alpha)
+
+
+def validate_request(req) -> Optional[str]:
+    """Admission check for `DllmAlgorithm.validate_request(cls, req)`: an error message, or None if valid.
+
+    Reads `req.sampling_params.custom_params`. SGLang answers a returned message with HTTP 400 (the request is
+    aborted before it is queued; the server keeps serving).
+    """
+    try:
+        parse_request_params(req.sampling_params.custom_params)
+    except FocusConfigError as exc:
+        return f"Invalid FOCUS request parameter: {exc}"
+    return None
+
+
+def request_alphas(forward_batch, default_alpha: float) -> list[float]:
+    """α for each request of `forward_batch`, in batch order (worker side).
+
+    Reads `forward_batch.sampling_info.custom_params`, a list aligned with the batch, or None when no request of the
+    batch sent parameters (then every request gets `default_alpha`). The list is filled for FOCUS batches by
+    patches/sampling_sampling_batch_info.py: stock SGLang fills it only when a custom logit processor is in use.
+    Raises FocusConfigError if the list is misaligned with the batch or holds an invalid entry (both are bugs:
+    entries were validated at admission).
+    """
+    sampling_info = forward_batch.sampling_info
+    custom_params = sampling_info.custom_params if sampling_info is not None else None
+    batch_size = forward_batch.batch_size
+    if custom_params is None:
+        return [default_alpha] * batch_size
+    if len(custom_params) != batch_size:
+        raise FocusConfigError(f"custom_params has {len(custom_params)} entries for a batch of {batch_size}")
+    return [parse_request_params(params).resolve_alpha(default_alpha) for params in custom_params]
+
+
+def sends_focus_params(reqs: Sequence) -> bool:
+    """Whether any request carries a "focus" entry in `sampling_params.custom_params`."""
+    return any(isinstance(p := r.sampling_params.custom_params, Mapping) and FOCUS_KEY in p for r in reqs)
+
+
+def is_focus_batch(batch) -> bool:
+    """Whether a ScheduleBatch is decoded by the FOCUS algorithm."""
+    dllm_config = getattr(batch, "dllm_config", None)
+    return dllm_config is not None and dllm_config.algorithm == ALGORITHM_NAME

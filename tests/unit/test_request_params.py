@@ -1,0 +1,113 @@
+"""Per-request FOCUS parameters: validation at admission, and one α per request reaching the worker."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_focus.config import FocusConfigError
+from sglang_focus.patches.sampling_sampling_batch_info import carry_focus_request_params
+from sglang_focus.request_params import (
+    FocusRequestParams,
+    parse_request_params,
+    request_alphas,
+    validate_request,
+)
+
+
+@pytest.mark.parametrize("custom_params", [None, {}, {"other": 1}, {"focus": None}, {"focus": {}},
+                                           {"focus": {"enabled": True}}, {"thinking_budget": 3, "__req__": object()}])
+def test_without_an_alpha_the_server_default_applies(custom_params):
+    assert parse_request_params(custom_params) == FocusRequestParams(alpha=None)
+    assert parse_request_params(custom_params).resolve_alpha(1.5) == 1.5
+
+
+@pytest.mark.parametrize("focus, alpha", [
+    ({"alpha": 1}, 1.0), ({"alpha": 2.5}, 2.5), ({"alpha": "inf"}, math.inf), ({"alpha": "Infinity"}, math.inf),
+    ({"alpha": math.inf}, math.inf), ({"alpha": 3, "enabled": True}, 3.0),
+    ({"enabled": False}, math.inf), ({"enabled": False, "alpha": "inf"}, math.inf),
+])
+def test_alpha_override(focus, alpha):
+    assert parse_request_params({"focus": focus, "other": "ignored"}).resolve_alpha(1.5) == alpha
+
+
+@pytest.mark.parametrize("focus, named", [
+    ({"alpha": 0.5}, "'focus.alpha'"), ({"alpha": 0}, "'focus.alpha'"), ({"alpha": -2}, "'focus.alpha'"),
+    ({"alpha": math.nan}, "'focus.alpha'"), ({"alpha": "big"}, "'focus.alpha'"), ({"alpha": "2"}, "'focus.alpha'"),
+    ({"alpha": True}, "'focus.alpha'"), ({"alpha": None}, "'focus.alpha'"), ({"alpha": [2]}, "'focus.alpha'"),
+    ({"enabled": "no"}, "'focus.enabled'"), ({"enabled": 0}, "'focus.enabled'"),
+    ({"enabled": False, "alpha": 2}, "'focus.alpha'"),
+    ({"alpha": 2, "budget": 3}, "'focus.budget'"),
+])
+def test_invalid_parameter_is_an_error_naming_the_key(focus, named):
+    with pytest.raises(FocusConfigError, match=named):
+        parse_request_params({"focus": focus})
+
+
+@pytest.mark.parametrize("focus", ["yes", 2, True, ["alpha"]])
+def test_focus_entry_must_be_an_object(focus):
+    with pytest.raises(FocusConfigError, match="'focus'"):
+        parse_request_params({"focus": focus})
+
+
+def fake_req(custom_params):
+    return SimpleNamespace(sampling_params=SimpleNamespace(custom_params=custom_params))
+
+
+def test_validate_request_returns_the_error_message_for_http_400():
+    assert validate_request(fake_req(None)) is None
+    assert validate_request(fake_req({"focus": {"alpha": 2}})) is None
+    error = validate_request(fake_req({"focus": {"alpha": 0.5}}))
+    assert isinstance(error, str) and "'focus.alpha'" in error and "0.5" in error
+
+
+def fake_forward_batch(custom_params, batch_size):
+    return SimpleNamespace(batch_size=batch_size, sampling_info=SimpleNamespace(custom_params=custom_params))
+
+
+def test_request_alphas_default_when_no_request_sends_parameters():
+    assert request_alphas(fake_forward_batch(None, 3), 1.5) == [1.5, 1.5, 1.5]
+    assert request_alphas(SimpleNamespace(batch_size=2, sampling_info=None), 2.0) == [2.0, 2.0]
+
+
+def test_request_alphas_follow_batch_order_and_ignore_other_keys():
+    params = [None, {"focus": {"alpha": 3}, "__req__": object()}, {"thinking_budget": 4},
+              {"focus": {"enabled": False}}]
+    assert request_alphas(fake_forward_batch(params, 4), 1.5) == [1.5, 3.0, 1.5, math.inf]
+
+
+def test_request_alphas_refuse_a_list_misaligned_with_the_batch():
+    with pytest.raises(FocusConfigError, match="2 entries for a batch of 3"):
+        request_alphas(fake_forward_batch([None, None], 3), 1.5)
+
+
+def fake_schedule_batch(algorithm, params):
+    return SimpleNamespace(dllm_config=SimpleNamespace(algorithm=algorithm), reqs=[fake_req(p) for p in params])
+
+
+def test_focus_batch_carries_custom_params_to_the_worker():
+    params = [None, {"focus": {"alpha": 4}}, {"other": 1}]
+    sampling_info = SimpleNamespace(custom_params=None)  # what SGLang builds without a custom logit processor
+    assert carry_focus_request_params(sampling_info, None, fake_schedule_batch("Focus", params), 100) is None
+    assert sampling_info.custom_params == params
+    forward_batch = SimpleNamespace(batch_size=3, sampling_info=sampling_info)
+    assert request_alphas(forward_batch, 1.5) == [1.5, 4.0, 1.5]
+
+
+@pytest.mark.parametrize("algorithm, params", [
+    ("LowConfidence", [{"focus": {"alpha": 4}}]),  # stock algorithm: untouched
+    ("Focus", [None, {"other": 1}]),  # nobody sends FOCUS parameters: stays None, worker uses defaults
+])
+def test_other_batches_keep_sglang_custom_params(algorithm, params):
+    sampling_info = SimpleNamespace(custom_params=None)
+    carry_focus_request_params(sampling_info, None, fake_schedule_batch(algorithm, params), 100)
+    assert sampling_info.custom_params is None
+
+
+def test_custom_logit_processor_list_is_kept():
+    own = [{"focus": {"alpha": 2}, "__req__": "proxy"}]
+    sampling_info = SimpleNamespace(custom_params=own)
+    carry_focus_request_params(sampling_info, None, fake_schedule_batch("Focus", [{"focus": {"alpha": 2}}]), 100)
+    assert sampling_info.custom_params is own
