@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 from sglang.srt.models.sdar import SDARForCausalLM
 from sglang.srt.models.utils import apply_qk_norm
 
-from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, focus_forward
+from sglang_focus.adapters.base import DecoderAdapter, FocusForwardMixin
 
 
-class SdarAdapter:
-    def embed(self, model, input_ids):
-        return model.model.embed_tokens(input_ids)
-
-    def layers(self, model):
-        return model.model.layers
-
-    def final_norm(self, model):
-        return model.model.norm
-
-    def attention(self, layer):
-        return layer.self_attn
-
-    def head_shape(self, attn):
-        return {"num_heads": attn.num_heads, "num_kv_heads": attn.num_kv_heads, "head_dim": attn.head_dim}
+class SdarAdapter(DecoderAdapter):
+    embedding, attention_module, output_projection = "embed_tokens", "self_attn", "o_proj"
 
     def project_qkv(self, attn, positions, hidden, batch):
         qkv, _ = attn.qkv_proj(hidden)
@@ -33,21 +19,11 @@ class SdarAdapter:
         q, k = attn.rotary_emb(positions, q, k)
         return q, k, v
 
-    def attention_output(self, attn, context):
-        return attn.o_proj(context)[0]
-
     def mlp(self, layer, hidden, batch):
         return layer.mlp(hidden)
 
 
-class FocusSDARForCausalLM(SDARForCausalLM):
+class FocusSDARForCausalLM(FocusForwardMixin, SDARForCausalLM):
     """SGLang's SDARForCausalLM, evicting after layer 1 when the batch carries FOCUS eviction input."""
 
     focus_adapter = SdarAdapter()
-
-    @torch.no_grad()
-    def forward(self, input_ids, positions, forward_batch, input_embeds=None, pp_proxy_tensors=None):
-        states = forward_batch.model_specific_states
-        if states and FOCUS_INPUT_KEY in states:
-            return focus_forward(self.focus_adapter, self, input_ids, positions, forward_batch)
-        return super().forward(input_ids, positions, forward_batch, input_embeds, pp_proxy_tensors)

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from prompts import PROMPTS  # tests/e2e/prompts.py
+
 pytestmark = pytest.mark.e2e
 
-PROMPTS = [
-    "Hello there",
-    "The quick brown fox jumps over the lazy dog and keeps running far away",
-    "What is the capital of France?",
-    "Count from one to ten: 1 2 3",
-    "Write a short poem about the sea.",
-    "Block diffusion",
-    "I am fine, thank you. How are you today, my friend? Tell me everything.",
-    "Paris",
-]
 SAMPLING = {"max_new_tokens": 64, "ignore_eos": True}
 
 

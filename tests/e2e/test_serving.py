@@ -7,18 +7,10 @@ import json
 import pytest
 import requests
 
+from prompts import PROMPTS  # tests/e2e/prompts.py
+
 pytestmark = pytest.mark.e2e
 
-PROMPTS = [
-    "Hello there",
-    "The quick brown fox jumps over the lazy dog and keeps running far away",
-    "What is the capital of France?",
-    "Count from one to ten: 1 2 3",
-    "Write a short poem about the sea.",
-    "Block diffusion",
-    "I am fine, thank you. How are you today, my friend? Tell me everything.",
-    "Paris",
-]
 MASK_ID = 3  # the tiny tokenizer's <|mask|>
 
 
