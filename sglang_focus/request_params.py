@@ -80,11 +80,26 @@ def validate_request(req) -> Optional[str]:
     Reads `req.sampling_params.custom_params`. SGLang answers a returned message with HTTP 400 (the request is
     aborted before it is queued; the server keeps serving).
     """
+    unsupported = unsupported_features(req)
+    if unsupported:
+        return (f"FOCUS block-diffusion decoding does not support {', '.join(unsupported)}: it decodes whole "
+                "blocks in parallel, without per-token grammar masks or log-probabilities")
     try:
         parse_request_params(req.sampling_params.custom_params)
     except FocusConfigError as exc:
         return f"Invalid FOCUS request parameter: {exc}"
     return None
+
+
+GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
+
+
+def unsupported_features(req) -> list[str]:
+    """Request features FOCUS cannot honour; rejected at admission instead of being ignored (or hanging)."""
+    features = [f"'{name}'" for name in GRAMMAR_FIELDS if getattr(req.sampling_params, name, None)]
+    if getattr(req, "return_logprob", False):
+        features.append("'return_logprob'")
+    return features
 
 
 def request_alphas(forward_batch, default_alpha: float) -> list[float]:

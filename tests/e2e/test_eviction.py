@@ -60,3 +60,11 @@ def test_prompts_sharing_a_prefix_reuse_the_radix_cache(focus_server):
 def test_per_request_opt_out_disables_eviction(focus_server):
     items = run(focus_server, PROMPTS[:4], sampling={**SAMPLING, "custom_params": {"focus": {"enabled": False}}})
     assert totals(items)["evicted"] == 0
+
+
+@pytest.mark.parametrize("extra", [{"sampling_params": {"regex": "[0-9]+", "max_new_tokens": 8}},
+                                   {"return_logprob": True, "sampling_params": {"max_new_tokens": 8}}])
+def test_unsupported_request_features_fail_fast_and_the_server_keeps_serving(sdar_focus_server, extra):
+    resp = sdar_focus_server.generate({"text": "Hello", **extra}, timeout=60)
+    assert resp.status_code == 400 and "does not support" in resp.text
+    assert len(run(sdar_focus_server, "Hello")[0]["output_ids"]) == SAMPLING["max_new_tokens"]

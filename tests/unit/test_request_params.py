@@ -111,3 +111,16 @@ def test_custom_logit_processor_list_is_kept():
     sampling_info = SimpleNamespace(custom_params=own)
     carry_focus_request_params(sampling_info, None, fake_schedule_batch("Focus", [{"focus": {"alpha": 2}}]), 100)
     assert sampling_info.custom_params is own
+
+
+def test_grammar_constraints_and_logprobs_are_rejected_with_a_message():
+    from sglang_focus.request_params import validate_request
+
+    def req(return_logprob=False, **grammar):
+        fields = {"custom_params": None, "regex": None, "json_schema": None, "ebnf": None, "structural_tag": None}
+        return SimpleNamespace(sampling_params=SimpleNamespace(**{**fields, **grammar}), return_logprob=return_logprob)
+
+    assert validate_request(req()) is None
+    message = validate_request(req(regex="[0-9]+", json_schema='{"type": "object"}'))
+    assert "'regex'" in message and "'json_schema'" in message and "does not support" in message
+    assert "'return_logprob'" in validate_request(req(return_logprob=True))
