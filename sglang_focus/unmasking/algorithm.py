@@ -47,6 +47,8 @@ class Focus(LowConfidence):
         from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
 
         cfg = resolving_view(server_args)
+        if not cfg.dllm_fdfo:
+            raise ValueError("FOCUS runs in FDFO mode only (dllm_fdfo must stay on)")
         for name in ("tp_size", "pp_size", "dp_size"):
             if (getattr(cfg, name, 1) or 1) > 1:
                 raise ValueError(f"FOCUS supports {name}=1 only (got {getattr(cfg, name)})")
@@ -98,9 +100,11 @@ class Focus(LowConfidence):
         """SGLang's batch when every row runs and nothing may be evicted; otherwise a batch of the processing rows."""
         if plan.processes_everything and plan.eviction is None:
             return forward_batch
+        # A subset of a block's rows: every key must come from the KV cache (FlashInfer's ragged merge would miss
+        # the cached rows that are not processed).
+        prefer_paged_attention(attn_backend)
         batch = rows_batch(forward_batch, plan.rows, plan.row_counts, plan.window)
         if plan.eviction is not None:
-            prefer_paged_attention(attn_backend)
             batch.model_specific_states[FOCUS_INPUT_KEY] = plan.eviction
         return batch
 
