@@ -28,6 +28,9 @@ class FocusConfig(msgspec.Struct, frozen=True, kw_only=True):
     alpha: float = 1.5  # budget factor α ≥ 1; inf disables eviction
     threshold: float = 0.8  # confidence threshold τ of the unmasking rule, in (0, 1]
     delayed_cache: bool = True  # process only uncached block positions (spec §2)
+    # Memory-bound guard (spec §12.6): a step whose batch processes fewer block rows than this skips scoring and
+    # eviction (state updates still run). 0 = always evict. Calibrate per model and GPU; no GPU measurement yet.
+    min_batch_tokens: int = 0
     block_size: int | None = None  # overrides the checkpoint's block size
     mask_id: int | None = None  # overrides the checkpoint's mask token id
 
@@ -35,7 +38,8 @@ class FocusConfig(msgspec.Struct, frozen=True, kw_only=True):
         return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
 
 
-FIELD_TYPES = {"alpha": float, "threshold": float, "delayed_cache": bool, "block_size": int, "mask_id": int}
+FIELD_TYPES = {"alpha": float, "threshold": float, "delayed_cache": bool, "min_batch_tokens": int,
+               "block_size": int, "mask_id": int}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -67,6 +71,9 @@ def _check_ranges(cfg: dict[str, Any]) -> None:
     block_size = cfg.get("block_size")
     if block_size is not None and not 1 <= block_size <= 256:
         raise FocusConfigError(f"'block_size' must be in [1, 256], got {block_size}")
+    min_batch_tokens = cfg.get("min_batch_tokens")
+    if min_batch_tokens is not None and min_batch_tokens < 0:
+        raise FocusConfigError(f"'min_batch_tokens' must be >= 0, got {min_batch_tokens}")
     mask_id = cfg.get("mask_id")
     if mask_id is not None and mask_id < 0:
         raise FocusConfigError(f"'mask_id' must be a token id >= 0, got {mask_id}")

@@ -23,8 +23,12 @@ class StepPlan(NamedTuple):
 
 
 def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: torch.Tensor,
-              alphas: list[float], *, delayed_cache: bool, device: torch.device) -> StepPlan:
-    """`masked` [bs, B] bool (cpu) is the block mask before the step; `prefix_lens` [bs] (cpu) the committed h."""
+              alphas: list[float], *, delayed_cache: bool, device: torch.device,
+              min_batch_tokens: int = 0) -> StepPlan:
+    """`masked` [bs, B] bool (cpu) is the block mask before the step; `prefix_lens` [bs] (cpu) the committed h.
+
+    A batch processing fewer than `min_batch_tokens` rows is too small to be compute-bound: no request evicts.
+    """
     bs, block = masked.shape
     positions = [processing_positions(s, delayed_cache=delayed_cache) for s in states]
     masked_rows = masked.tolist()
@@ -32,6 +36,7 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
     counts = torch.tensor([len(p) for p in positions], dtype=torch.int64)
     window = prefix_lens.to(torch.int64) + torch.tensor([p[-1] + 1 for p in positions], dtype=torch.int64)
     rows = torch.tensor([r * block + p for r, pos in enumerate(positions) for p in pos], dtype=torch.int64)
+    worth_evicting = rows.shape[0] >= min_batch_tokens
     return StepPlan(
         positions=positions,
         masked=[len(c) for c in candidates],
@@ -39,7 +44,8 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
         row_counts=counts,
         window=window,
         processes_everything=bool((counts == block).all()),
-        eviction=_eviction_input(states, positions, candidates, masked_rows, prefix_lens, alphas, device),
+        eviction=(_eviction_input(states, positions, candidates, masked_rows, prefix_lens, alphas, device)
+                  if worth_evicting else None),
     )
 
 

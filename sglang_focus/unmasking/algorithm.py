@@ -72,7 +72,8 @@ class Focus(LowConfidence):
         ids = forward_batch.input_ids.view(bs, block)
         masked = (ids == self.mask_id).cpu()
         plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu), self._alphas(forward_batch),
-                         delayed_cache=self.focus_config.delayed_cache, device=ids.device)
+                         delayed_cache=self.focus_config.delayed_cache, device=ids.device,
+                         min_batch_tokens=self.focus_config.min_batch_tokens)
         batch = self._step_batch(forward_batch, plan, model_runner.attn_backend)
         out = model_runner.forward(batch, pp_proxy_tensors=None)
         kept_rows, kept_counts, rightmost = self._retained(batch, plan)

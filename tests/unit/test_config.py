@@ -43,6 +43,7 @@ def test_infinite_alpha_disables_eviction_and_round_trips():
     ({"block_size": 0}, "'block_size' must be in [1, 256]"),
     ({"mask_id": -1}, "'mask_id' must be a token id"),
     ({"delayed_cache": "yes"}, "'delayed_cache' must be true or false"),
+    ({"min_batch_tokens": -1}, "'min_batch_tokens' must be >= 0"),
     ({"alpah": 2}, "unknown FOCUS option(s) 'alpah'"),
 ])
 def test_bad_values_name_the_option(raw, message):
@@ -59,6 +60,6 @@ def test_engine_kwargs_select_focus_with_a_validated_yaml():
     kwargs = engine_kwargs(alpha=2, threshold=0.9)
     assert kwargs["dllm_algorithm"] == "Focus"
     with open(kwargs["dllm_algorithm_config"]) as f:
-        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True}
+        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True, "min_batch_tokens": 0}
     with pytest.raises(FocusConfigError):
         engine_kwargs(alpha=0)

@@ -100,3 +100,13 @@ def test_prompt_block_first_step_is_prefill_and_never_evicts():
     masked[0, :5] = False  # prompt tail
     plan = plan_step(states, masked, torch.tensor([0]), [1.5], delayed_cache=True, device=torch.device("cpu"))
     assert plan.eviction is None and plan.processes_everything
+
+
+def test_small_batches_skip_eviction_under_the_memory_bound_guard():
+    states = [FocusReqState.fresh(BLOCK) for _ in range(2)]
+    masked = torch.ones(2, BLOCK, dtype=torch.bool)
+    args = dict(delayed_cache=True, device=torch.device("cpu"))
+    evicting = plan_step(states, masked, torch.tensor([0, 0]), [1.5, 1.5], min_batch_tokens=2 * BLOCK, **args)
+    guarded = plan_step(states, masked, torch.tensor([0, 0]), [1.5, 1.5], min_batch_tokens=2 * BLOCK + 1, **args)
+    assert evicting.eviction is not None and guarded.eviction is None
+    assert guarded.rows.tolist() == evicting.rows.tolist(), "the guard changes eviction only, not the rows processed"
