@@ -70,17 +70,18 @@ class Focus(LowConfidence):
         states = [s if isinstance(s, FocusReqState) else FocusReqState.fresh(block)
                   for s in (algo_states or [None] * bs)]
         ids = forward_batch.input_ids.view(bs, block)
-        masked = (ids == self.mask_id).cpu()
+        masked_dev = self._to_decode(forward_batch, ids)
+        masked = masked_dev.cpu()
         plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu), self._alphas(forward_batch),
                          delayed_cache=self.focus_config.delayed_cache, device=ids.device,
                          min_batch_tokens=self.focus_config.min_batch_tokens)
         batch = self._step_batch(forward_batch, plan, model_runner.attn_backend)
         out = model_runner.forward(batch, pp_proxy_tensors=None)
         kept_rows, kept_counts, rightmost = self._retained(batch, plan)
-        new_ids = unmask_kept_rows(ids, out.logits_output.full_logits, plan.rows[kept_rows],
+        new_ids = unmask_kept_rows(ids, masked_dev, out.logits_output.full_logits, plan.rows[kept_rows],
                                    mask_id=self.mask_id, threshold=self.threshold)
         forward_batch.input_ids.copy_(new_ids.view(-1))
-        newly = (masked & (new_ids.cpu() != self.mask_id)).sum(dim=1).tolist()
+        newly = (masked & (new_ids.cpu() != ids.cpu())).sum(dim=1).tolist()
         stats = [_step_delta(int(plan.row_counts[r]), kept_counts[r], plan.masked[r], newly[r]) for r in range(bs)]
         for r, state in enumerate(states):
             caching_rule(state, masked[r].tolist())
@@ -90,6 +91,14 @@ class Focus(LowConfidence):
         states_out = [None if done[r] else states[r] for r in range(bs)]
         return (out.logits_output, forward_batch.input_ids.view(bs, block).tolist(),
                 [block if d else 0 for d in done], states_out, out.can_run_graph)
+
+    def _to_decode(self, forward_batch, ids: torch.Tensor) -> torch.Tensor:
+        """[bs, B] positions still to decode: mask ids, except literal mask ids of the prompt (SGLang marks those
+        in dllm_prompt_mask when a prompt contains the mask token)."""
+        masked = ids == self.mask_id
+        if forward_batch.dllm_prompt_mask is not None:
+            masked &= ~forward_batch.dllm_prompt_mask
+        return masked
 
     def _alphas(self, forward_batch) -> list[float]:
         from sglang_focus.request_params import request_alphas

@@ -12,6 +12,7 @@ import torch
 
 def unmask_kept_rows(
     input_ids: torch.Tensor,  # [bs, B] block ids before this step
+    masked: torch.Tensor,  # [bs, B] bool: positions still to decode (mask id, and not a literal prompt mask)
     logits: torch.Tensor,  # [k, V] logits of the kept rows
     flat_rows: torch.Tensor,  # [k] int64: index of each kept row in input_ids.view(-1)
     *,
@@ -25,7 +26,6 @@ def unmask_kept_rows(
     probs = torch.softmax(logits, dim=-1)
     confidence_rows = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
-    masked = input_ids == mask_id
     confidence = torch.full((bs * block,), float("-inf"), dtype=confidence_rows.dtype, device=logits.device)
     confidence[flat_rows] = confidence_rows
     confidence = torch.where(masked, confidence.view(bs, block), float("-inf"))

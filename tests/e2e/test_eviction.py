@@ -68,3 +68,13 @@ def test_unsupported_request_features_fail_fast_and_the_server_keeps_serving(sda
     resp = sdar_focus_server.generate({"text": "Hello", **extra}, timeout=60)
     assert resp.status_code == 400 and "does not support" in resp.text
     assert len(run(sdar_focus_server, "Hello")[0]["output_ids"]) == SAMPLING["max_new_tokens"]
+
+
+def test_a_prompt_containing_the_mask_token_keeps_its_tokens_and_the_server_serving(focus_server):
+    """SGLang marks literal prompt masks in dllm_prompt_mask; decoding them would corrupt the prompt's KV."""
+    mask_id = 3
+    resp = focus_server.generate({"input_ids": [mask_id, mask_id, mask_id, 5, 6],
+                                  "sampling_params": {"max_new_tokens": 16, "ignore_eos": True}})
+    assert resp.status_code == 200, resp.text
+    assert mask_id not in resp.json()["output_ids"]
+    assert len(run(focus_server, "Hello")[0]["output_ids"]) == SAMPLING["max_new_tokens"]

@@ -38,7 +38,8 @@ def test_all_rows_kept_equals_sglang_low_confidence(seed, threshold):
     ids = random_block(gen, bs=4, mask_fraction=0.6)
     logits = torch.randn(4 * BLOCK, VOCAB, generator=gen) * 4
     logits[:, MASK] += 3  # the mask token is often the favourite: it must never be chosen
-    ours = unmask_kept_rows(ids, logits.clone(), torch.arange(4 * BLOCK), mask_id=MASK, threshold=threshold)
+    ours = unmask_kept_rows(ids, ids == MASK, logits.clone(), torch.arange(4 * BLOCK), mask_id=MASK,
+                            threshold=threshold)
     assert torch.equal(ours, stock_step(ids, logits, threshold))
     assert not ((ours == MASK) & (ids != MASK)).any()
 
@@ -49,7 +50,7 @@ def test_evicted_masked_positions_never_change(seed):
     ids = random_block(gen, bs=3, mask_fraction=0.7)
     kept = torch.sort(torch.randperm(3 * BLOCK, generator=gen)[: 3 * BLOCK // 2]).values
     logits = torch.randn(kept.numel(), VOCAB, generator=gen) * 6
-    new = unmask_kept_rows(ids, logits, kept, mask_id=MASK, threshold=0.5)
+    new = unmask_kept_rows(ids, ids == MASK, logits, kept, mask_id=MASK, threshold=0.5)
     evicted = torch.ones(3 * BLOCK, dtype=torch.bool)
     evicted[kept] = False
     assert torch.equal(new.view(-1)[evicted], ids.view(-1)[evicted])
@@ -57,3 +58,13 @@ def test_evicted_masked_positions_never_change(seed):
     kept_masked = torch.zeros(3 * BLOCK, dtype=torch.bool)
     kept_masked[kept] = ids.view(-1)[kept] == MASK
     assert changed_per_block == kept_masked.view(3, BLOCK).any(dim=1).tolist(), "a block with a kept mask advances"
+
+
+def test_literal_mask_tokens_of_the_prompt_are_never_decoded():
+    ids = torch.tensor([[MASK, MASK, 9, MASK, MASK, MASK, MASK, MASK]])
+    prompt = torch.tensor([[True, True, True, False, False, False, False, False]])
+    logits = torch.full((BLOCK, VOCAB), -5.0)
+    logits[:, 11] = 10.0  # every row is confident
+    new = unmask_kept_rows(ids, (ids == MASK) & ~prompt, logits, torch.arange(BLOCK), mask_id=MASK, threshold=0.5)
+    assert new[0, :3].tolist() == [MASK, MASK, 9]
+    assert new[0, 3:].tolist() == [11] * 5
