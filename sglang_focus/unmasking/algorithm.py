@@ -80,8 +80,8 @@ class Focus(LowConfidence):
         kept_rows, kept_counts, rightmost = self._retained(batch, plan)
         new_ids = unmask_kept_rows(ids, masked_dev, out.logits_output.full_logits, plan.rows[kept_rows],
                                    mask_id=self.mask_id, threshold=self.threshold)
+        newly = (masked_dev & (new_ids != ids)).sum(dim=1).tolist()  # before ids (a view) is overwritten
         forward_batch.input_ids.copy_(new_ids.view(-1))
-        newly = (masked & (new_ids.cpu() != ids.cpu())).sum(dim=1).tolist()
         stats = [_step_delta(int(plan.row_counts[r]), kept_counts[r], plan.masked[r], newly[r]) for r in range(bs)]
         for r, state in enumerate(states):
             caching_rule(state, masked[r].tolist())
