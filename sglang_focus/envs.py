@@ -9,11 +9,6 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def debug_checks() -> bool:
-    """SGLANG_FOCUS_DEBUG=1 turns on extra invariant checks in the forward."""
-    return _flag("SGLANG_FOCUS_DEBUG")
-
-
 def is_cpu_engine() -> bool:
     """SGLang's own switch for running on the CPU (SGLANG_USE_CPU_ENGINE)."""
     return _flag("SGLANG_USE_CPU_ENGINE")

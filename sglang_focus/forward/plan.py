@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -84,7 +83,3 @@ def _eviction_input(states, positions, candidates, masked_rows, prefix_lens, alp
         max_m=max(1, int(num_masked.max())),
     )
 
-
-def effective_alpha(server_alpha: float, request_alpha: float | None) -> float:
-    alpha = server_alpha if request_alpha is None else request_alpha
-    return math.inf if alpha is None else float(alpha)
