@@ -89,10 +89,14 @@ def random_sdar_weights(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
 
 def build_tiny_sdar(out_dir: Path, *, seed: int = 0, **overrides) -> Path:
     """Write a random tiny SDAR checkpoint to `out_dir` and return it."""
-    out_dir = Path(out_dir)
+    return _build(Path(out_dir), sdar_config, random_sdar_weights, seed, overrides)
+
+
+def _build(out_dir: Path, make_config, make_weights, seed: int, overrides: dict) -> Path:
+    """Tokenizer, config (with that tokenizer's special ids) and random weights, written to `out_dir`."""
     special = _tiny_tokenizer(out_dir)
-    cfg = sdar_config(vocab_size=TINY_VOCAB, special=special, **overrides)
-    _write_checkpoint(out_dir, cfg, random_sdar_weights(cfg, seed))
+    cfg = make_config(vocab_size=TINY_VOCAB, special=special, **overrides)
+    _write_checkpoint(out_dir, cfg, make_weights(cfg, seed))
     return out_dir
 
 
@@ -206,11 +210,7 @@ def random_llada2_weights(cfg: dict, seed: int, *, router_std: float = 0.5,
 
 def build_tiny_llada2(out_dir: Path, *, seed: int = 0, **overrides) -> Path:
     """Write a random tiny LLaDA2 (MoE) checkpoint to `out_dir` and return it."""
-    out_dir = Path(out_dir)
-    special = _tiny_tokenizer(out_dir)
-    cfg = llada2_config(vocab_size=TINY_VOCAB, special=special, **overrides)
-    _write_checkpoint(out_dir, cfg, random_llada2_weights(cfg, seed))
-    return out_dir
+    return _build(Path(out_dir), llada2_config, random_llada2_weights, seed, overrides)
 
 
 def _write_checkpoint(out_dir: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> None:

@@ -19,8 +19,9 @@ def test_client_example_against_a_focus_server(sdar_focus_server, capsys):
     client["main"](sdar_focus_server.base_url)
     out = capsys.readouterr().out
     assert "[server alpha]" in out and "[eviction off]" in out and "[chat]" in out
-    eviction_off = next(line for line in out.splitlines() if line.startswith("[eviction off]"))
-    assert "evicted=0 " in out.split("[eviction off]")[1].splitlines()[1] + " ", eviction_off
+    lines = out.splitlines()
+    stats_after_eviction_off = lines[next(i for i, line in enumerate(lines) if line.startswith("[eviction off]")) + 1]
+    assert " evicted=0 " in stats_after_eviction_off, stats_after_eviction_off
 
 
 def test_offline_engine_example(tiny_sdar):
