@@ -5,7 +5,9 @@ Each entry names one hook on one SGLang target. The hook lives in the file named
 tests/patches/. `scope` says when a hook changes anything:
 - "focus": only when the FOCUS algorithm is selected (inert otherwise);
 - "dllm": every diffusion-LLM run, stock algorithms included, and only where stock SGLang would crash or
-  misbehave; checkpoints stock SGLang already serves see no change, so stock and FOCUS compare on equal footing.
+  misbehave; checkpoints stock SGLang already serves see no change, so stock and FOCUS compare on equal footing;
+- "observe": every diffusion-LLM run; reports per-request decoding counters (`meta_info["focus_stats"]`,
+  `sglang:focus_*` metrics) and never changes a token, so both arms of a comparison report the same way.
 """
 
 from __future__ import annotations
@@ -93,6 +95,17 @@ MANIFEST: tuple[Patch, ...] = (
         removal="Upstream excluding mask_id from the unmasking argmax.",
     ),
     Patch(
+        module="managers_scheduler", hook="reject_unsupported_dllm_requests",
+        target="sglang.srt.managers.scheduler.Scheduler.validate_dllm_request",
+        kind="AROUND", scope="dllm",
+        why="Stock dLLM algorithms admit requests block decoding cannot honour: a grammar-constrained request "
+            "(regex, json_schema, ebnf, structural_tag) TODO, and return_logprob TODO.",
+        how="When the algorithm's own check passes on a dLLM server, returns the message of "
+            "`request_params.dllm_request_error` (HTTP 400 before the request is queued); otherwise the original "
+            "answer. Requests without those features, and servers without a dLLM algorithm, see no change.",
+        removal="Upstream DllmAlgorithm.validate_request rejecting grammar and logprob requests by default.",
+    ),
+    Patch(
         module="sampling_sampling_batch_info", hook="carry_focus_request_params",
         target="sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.from_schedule_batch",
         kind="AFTER", scope="focus",
@@ -105,9 +118,20 @@ MANIFEST: tuple[Patch, ...] = (
         removal="Upstream always carrying custom_params (or a per-request algorithm field) to the dLLM worker.",
     ),
     Patch(
+        module="dllm_algorithm_base", hook="count_stock_decoding_steps",
+        target="sglang.srt.dllm.algorithm.base.DllmAlgorithm._run_fdfo",
+        kind="AROUND", scope="observe",
+        why="Tokens decoded per forward is the quantity FOCUS exploits and must be compared at the same threshold; "
+            "SGLang's own algorithms report no per-request step counts.",
+        how="Counts each request's masked positions before and after the unchanged FDFO round and attaches one "
+            "stats delta per request (1 forward, whole block kept, 0 evicted) to logits_output.customized_info, "
+            "which the scheduler hook sums into meta_info[\"focus_stats\"]. FOCUS overrides `run`, so never passes here.",
+        removal="An upstream per-request stats channel for dLLM algorithms.",
+    ),
+    Patch(
         module="dllm_mixin_scheduler", hook="record_focus_stats",
         target="sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.process_batch_result_dllm",
-        kind="BEFORE", scope="focus",
+        kind="BEFORE", scope="observe",
         why="FOCUS stats (forwards, processed/kept/evicted rows, tokens per forward) per request in the response "
             "metadata and as Prometheus counters; the dLLM result path never fills `req.customized_info`.",
         how="When the result's `logits_output.customized_info` holds FOCUS step stats, adds each request's delta "
@@ -120,7 +144,7 @@ MANIFEST: tuple[Patch, ...] = (
         module="managers_scheduler_components_output_streamer", hook="focus_stats_are_request_level",
         target="sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
                ".is_request_level_customized_info_key",
-        kind="AROUND", scope="focus",
+        kind="AROUND", scope="observe",
         why="SGLang slices customized_info per token unless the key is request-level; `focus_stats` is one "
             "summary per request.",
         how="Returns True for \"focus_stats\", else the original answer.",
@@ -130,7 +154,7 @@ MANIFEST: tuple[Patch, ...] = (
     Patch(
         module="managers_scheduler_components_output_streamer", hook="refresh_streamed_focus_stats",
         target="sglang.srt.managers.scheduler_components.output_streamer._GenerationStreamAccumulator.accept",
-        kind="AFTER", scope="focus",
+        kind="AFTER", scope="observe",
         why="A request-level key reaches a stream only with its first chunk, so streamed responses would show "
             "the totals after one forward.",
         how="When the accepted request is streamed and has FOCUS stats, puts its current summary in this chunk's "
@@ -140,7 +164,7 @@ MANIFEST: tuple[Patch, ...] = (
     Patch(
         module="managers_tokenizer_manager", hook="keep_latest_focus_stats",
         target="sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info",
-        kind="AFTER", scope="focus",
+        kind="AFTER", scope="observe",
         why="SGLang concatenates every chunk's customized_info values, so a stream would show one running total "
             "per chunk, and with --incremental-streaming-output it slices them by token offset (leaving none).",
         how="Removes `focus_stats` from the request's accumulated customized_info and sets "

@@ -1,66 +1,89 @@
-"""`make demo`: serve a block-diffusion model with `--focus` and ask it a few questions.
+"""`make demo`: serve the bundled block-diffusion model with `--focus` and let it solve a few held-out problems.
 
-Starts `python -m sglang.launch_server --model-path M --focus` on 127.0.0.1, sends one SGLang frontend program
-(`sgl.gen()`) and one OpenAI chat request, prints the answers and stops the server. Without --model-path it builds
-the tiny random-weight SDAR checkpoint once (under .cache/), so the answers are real server output, not meaningful text.
+Starts `python -m sglang.launch_server --model-path models/sdar-tasks --focus` on 127.0.0.1, asks one held-out
+problem of each task through an SGLang frontend program (`sgl.gen()`, run as a batch) and one through the OpenAI
+chat API, prints each answer with a mark saying whether it is exactly right (and the expected answer when it is
+not) plus FOCUS's per-request stats, then stops the server. `--model-path` serves another checkpoint of the suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from sglang_focus.local_server import LocalServer
+from sglang_focus import tasks
+from sglang_focus.local_server import LocalServer, ServerStartError
 
-DEFAULT_MODEL_DIR = Path(".cache/demo-models/tiny-sdar")
-QUESTIONS = ("What is the capital of France?", "Count from one to ten.")
-
-
-def ensure_demo_model(path: Path) -> Path:
-    if not (path / "model.safetensors").exists():
-        from sglang_focus.tiny_models import build_tiny_sdar
-
-        print(f"Building the tiny SDAR checkpoint in {path} ...", flush=True)
-        build_tiny_sdar(path)
-    return path
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks"
+MAX_TOKENS = 64
+RIGHT, WRONG = "✓", "✗"
 
 
-def ask_with_frontend_program(base_url: str, question: str) -> str:
+def solve_with_frontend_program(base_url: str, problems: list[tasks.Problem]) -> list[tuple[str, dict]]:
+    """(answer, FOCUS stats) per problem, from one `sgl.gen()` program run as a batch."""
     import sglang as sgl
 
     @sgl.function
-    def answer(s, question):
-        s += sgl.user(question)
-        s += sgl.assistant(sgl.gen("answer", max_tokens=48))
+    def solve(s, prompt):
+        s += tasks.chat_prompt(prompt)  # the model's own chat template, as in training
+        s += sgl.gen("answer", max_tokens=MAX_TOKENS)
 
-    return answer.run(question=question, backend=sgl.RuntimeEndpoint(base_url))["answer"]
+    states = solve.run_batch([{"prompt": p.prompt} for p in problems], backend=sgl.RuntimeEndpoint(base_url))
+    return [(state["answer"], _stats(state.get_meta_info("answer"))) for state in states]
 
 
-def ask_with_openai_chat(base_url: str, question: str) -> str:
+def solve_with_openai_chat(base_url: str, problem: tasks.Problem) -> tuple[str, dict]:
     import openai
 
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="EMPTY")
-    reply = client.chat.completions.create(model="default", max_tokens=48,
-                                           messages=[{"role": "user", "content": question}])
-    return reply.choices[0].message.content
+    reply = client.chat.completions.create(model="default", max_tokens=MAX_TOKENS,
+                                           messages=[{"role": "user", "content": problem.prompt}])
+    return reply.choices[0].message.content, {}
 
 
-def main() -> None:
+def _stats(meta_info: dict | None) -> dict:
+    values = (meta_info or {}).get("focus_stats") or [{}]
+    return values[0]
+
+
+def show(label: str, problem: tasks.Problem, answer: str, stats: dict) -> bool:
+    ok = tasks.is_correct(problem, answer)
+    print(f"[{label}] {problem.task}: {problem.prompt}")
+    print(f"  {RIGHT if ok else WRONG} {tasks.extract_answer(answer)}")
+    if not ok:
+        print(f"    expected: {problem.answer}")
+    if stats:
+        print(f"    {stats['forwards']} forwards, {stats['tokens_per_forward']:.2f} tokens/forward, "
+              f"{100 * stats['masked_kept_ratio']:.0f}% of masked rows kept past layer 1")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", type=Path, default=None)
+    parser.add_argument("--model-path", type=Path, default=BUNDLED_MODEL)
+    parser.add_argument("--seed", default="demo", help="which held-out problems to ask")
     parser.add_argument("--log", type=Path, default=Path(".cache/demo-server.log"))
-    args = parser.parse_args()
-    model = args.model_path or ensure_demo_model(DEFAULT_MODEL_DIR)
+    args = parser.parse_args(argv)
+    if not (args.model_path / "config.json").exists():
+        parser.error(f"--model-path {args.model_path}: no config.json")
     args.log.parent.mkdir(parents=True, exist_ok=True)
+    problems = tasks.generate("heldout", len(tasks.TASKS) + 1, seed=args.seed)
 
-    print(f"Starting: python -m sglang.launch_server --model-path {model} --focus  (log: {args.log})", flush=True)
+    print(f"Starting: python -m sglang.launch_server --model-path {args.model_path} --focus  (log: {args.log})",
+          flush=True)
     started = time.monotonic()
-    with LocalServer(model, ["--focus"], log_path=args.log) as server:
+    try:
+        server = LocalServer(args.model_path, ["--focus", "--max-running-requests", "8"], log_path=args.log).start()
+    except ServerStartError as err:
+        sys.exit(f"demo: error: {err}")
+    with server:
         print(f"Server ready at {server.base_url} after {time.monotonic() - started:.0f}s\n", flush=True)
-        for label, ask, question in (("sgl.gen() program", ask_with_frontend_program, QUESTIONS[0]),
-                                     ("OpenAI chat API", ask_with_openai_chat, QUESTIONS[1])):
-            print(f"[{label}] Q: {question}\n[{label}] A: {ask(server.base_url, question)!r}\n", flush=True)
+        results = [show("sgl.gen() program", p, *reply)
+                   for p, reply in zip(problems[:-1], solve_with_frontend_program(server.base_url, problems[:-1]))]
+        results.append(show("OpenAI chat API", problems[-1], *solve_with_openai_chat(server.base_url, problems[-1])))
+    print(f"\n{sum(results)}/{len(results)} answers exactly right (held-out problems the model never trained on).")
     print("Server stopped.")
 
 

@@ -4,6 +4,14 @@ A request may send `{"focus": {"alpha": <number >= 1 or "inf">, "enabled": <bool
 `enabled: false` means α = inf (no eviction for that request). Other top-level `custom_params` keys belong to
 other features and are ignored. Requests are validated at admission (`validate_request`, scheduler process);
 the worker reads the already-validated values per forward (`request_alphas`).
+
+Admission also rejects, with a message SGLang answers as HTTP 400, what block-diffusion decoding cannot honour:
+- every dLLM algorithm, stock included (`dllm_request_error`, through patches/managers_scheduler.py): grammar
+  constraints (`regex`, `json_schema`, `ebnf`, `structural_tag`) and `return_logprob` (so `sgl.select()`);
+- FOCUS additionally (`validate_request`): sampling parameters set to anything but their neutral value
+  (`ignored_sampling_params`). Decoding is greedy (argmax, confidence-threshold unmasking), so temperature,
+  top-p/top-k/min-p, penalties, `min_new_tokens`, `logit_bias` and custom logit processors would be ignored.
+  Greedy requests (temperature 0, top_k 1) and the defaults every client sends pass.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from typing import Any, Mapping, Optional, Sequence
 import msgspec
 
 from sglang_focus.config import ALGORITHM_NAME, FocusConfigError
+
+# SGLang's "whole vocabulary" top_k (sglang.srt.sampling.sampling_params.TOP_K_ALL), what top_k -1 becomes.
+TOP_K_ALL = 1 << 30
 
 FOCUS_KEY = "focus"
 REQUEST_KEYS = frozenset({"alpha", "enabled"})
@@ -77,13 +88,18 @@ def parse_request_params(custom_params: Optional[Mapping[str, Any]]) -> FocusReq
 def validate_request(req) -> Optional[str]:
     """Admission check for `DllmAlgorithm.validate_request(cls, req)`: an error message, or None if valid.
 
-    Reads `req.sampling_params.custom_params`. SGLang answers a returned message with HTTP 400 (the request is
-    aborted before it is queued; the server keeps serving).
+    Reads `req.sampling_params` (grammar fields, sampling parameters, `custom_params`), `req.return_logprob` and
+    `req.custom_logit_processor`. SGLang answers a returned message with HTTP 400 (the request is aborted before
+    it is queued; the server keeps serving).
     """
     unsupported = unsupported_features(req)
     if unsupported:
-        return (f"FOCUS block-diffusion decoding does not support {', '.join(unsupported)}: it decodes whole "
-                "blocks in parallel, without per-token grammar masks or log-probabilities")
+        return (f"FOCUS block-diffusion decoding does not support {', '.join(unsupported)}: {UNSUPPORTED_REASON}")
+    ignored = ignored_sampling_params(req)
+    if ignored:
+        return (f"FOCUS block-diffusion decoding is greedy and cannot honour {', '.join(ignored)}: it unmasks the "
+                "argmax token of each block position by confidence threshold. Send temperature 0 (or leave it "
+                "unset) and leave the other sampling parameters at their defaults")
     try:
         parse_request_params(req.sampling_params.custom_params)
     except FocusConfigError as exc:
@@ -91,15 +107,60 @@ def validate_request(req) -> Optional[str]:
     return None
 
 
+def dllm_request_error(req) -> Optional[str]:
+    """Admission check every dLLM algorithm needs (stock ones included): an error message, or None.
+
+    Rejects what `unsupported_features` lists; without it stock SGLang accepts such requests and then cannot
+    answer them properly (see the MANIFEST entry of patches/managers_scheduler.py).
+    """
+    unsupported = unsupported_features(req)
+    if not unsupported:
+        return None
+    return f"Block-diffusion (dLLM) decoding does not support {', '.join(unsupported)}: {UNSUPPORTED_REASON}"
+
+
 GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
+UNSUPPORTED_REASON = ("it decodes whole blocks in parallel, without per-token grammar masks or log-probabilities "
+                      "(sgl.select() and other logprob APIs need them)")
 
 
 def unsupported_features(req) -> list[str]:
-    """Request features FOCUS cannot honour; rejected at admission instead of being ignored (or hanging)."""
+    """Request features no dLLM decoding can honour; rejected at admission instead of being ignored (or hanging)."""
     features = [f"'{name}'" for name in GRAMMAR_FIELDS if getattr(req.sampling_params, name, None)]
     if getattr(req, "return_logprob", False):
         features.append("'return_logprob'")
     return features
+
+
+# Sampling parameters that greedy block decoding never reads, each with the values that leave a sampler unchanged.
+# SGLang normalises a request before the scheduler sees it: temperature 0 becomes (temperature 1.0, top_k 1) and
+# top_k -1 becomes TOP_K_ALL, so both greedy spellings and the defaults pass.
+NEUTRAL_SAMPLING: tuple[tuple[str, tuple], ...] = (
+    ("temperature", (1.0,)),
+    ("top_p", (1.0,)),
+    ("top_k", (1, TOP_K_ALL, -1)),
+    ("min_p", (0.0,)),
+    ("frequency_penalty", (0.0,)),
+    ("presence_penalty", (0.0,)),
+    ("repetition_penalty", (1.0,)),
+    ("min_new_tokens", (0,)),
+)
+
+
+def ignored_sampling_params(req) -> list[str]:
+    """`name=value` for each sampling parameter of `req` set to a value greedy block decoding would ignore.
+
+    Reads `req.sampling_params` (missing fields count as neutral), plus `logit_bias` and the request's
+    `custom_logit_processor`. Temperature 1.0 passes: it is SGLang's default and what greedy requests become.
+    """
+    params = req.sampling_params
+    ignored = [f"{name}={getattr(params, name)!r}" for name, neutral in NEUTRAL_SAMPLING
+               if getattr(params, name, neutral[0]) not in neutral]
+    if getattr(params, "logit_bias", None):
+        ignored.append("logit_bias")
+    if getattr(req, "custom_logit_processor", None):
+        ignored.append("custom_logit_processor")
+    return ignored
 
 
 def request_alphas(forward_batch, default_alpha: float) -> list[float]:

@@ -3,8 +3,8 @@
 Five task families, each mixing easy tokens (fixed template words, copies from the prompt) with hard ones (sums,
 orderings, looked-up values), and each answer long enough to span at least two blocks of 16 tokens:
 
-* `arith`: left-to-right addition/subtraction chains with worked steps ("23+8=31, 31-5=26. Answer: 26").
-* `sort`: sort 7-9 distinct numbers ascending.
+* `arith`: three-step left-to-right addition/subtraction chains with worked steps ("23+8=31, 31-5=26. Answer: 26").
+* `sort`: sort 5-7 distinct two-digit numbers ascending.
 * `reverse`: reverse a comma-separated list of 8-12 words.
 * `lookup`: read 4 values out of a key=value table in the prompt.
 * `profile`: a templated paragraph filling slots from the prompt, plus one computed slot (age next year).
@@ -65,7 +65,7 @@ class TaskSpec(NamedTuple):
 def _draw_arith(rng: random.Random) -> list:
     start = value = rng.randint(10, 59)
     ops = []
-    for _ in range(rng.randint(3, 4)):
+    for _ in range(3):
         b = rng.randint(2, 9)
         op = "-" if value + b > 99 else "+" if value - b < 0 else rng.choice("+-")
         value = value + b if op == "+" else value - b
@@ -85,7 +85,7 @@ def _render_arith(params: list) -> tuple[str, str]:
 
 
 def _draw_sort(rng: random.Random) -> list:
-    return rng.sample(range(1, 100), rng.randint(7, 9))
+    return rng.sample(range(10, 100), rng.randint(5, 7))
 
 
 def _render_sort(params: list) -> tuple[str, str]:

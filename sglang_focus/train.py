@@ -22,7 +22,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,11 +79,14 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, cfg["rms_norm_eps"])
         self.k_norm = RMSNorm(d, cfg["rms_norm_eps"])
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                visible: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], visible: torch.Tensor,
+                qk_sink: list | None = None) -> torch.Tensor:
+        """`qk_sink`, when given, receives (q, k) after q/k-norm and RoPE ([b, t, heads|kv_heads, head_dim])."""
         b, t, _ = x.shape
         q = apply_rope(self.q_norm(self.q_proj(x).view(b, t, self.heads, self.head_dim)), *rope)
         k = apply_rope(self.k_norm(self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)), *rope)
+        if qk_sink is not None:
+            qk_sink.append((q, k))
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
         group = self.heads // self.kv_heads  # head i reads kv head i // group, as in HF
         k, v = k.repeat_interleave(group, 2), v.repeat_interleave(group, 2)
@@ -112,8 +115,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
         self.mlp = Mlp(cfg)
 
-    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], visible: torch.Tensor) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), rope, visible)
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], visible: torch.Tensor,
+                qk_sink: list | None = None) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), rope, visible, qk_sink)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -136,14 +140,15 @@ class SdarLM(nn.Module):
             if p.dim() == 2:
                 nn.init.normal_(p, std=init_std)
 
-    def hidden(self, ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor | None = None,
+               qk_sink: list | None = None) -> torch.Tensor:
         """Final-normed hidden states [batch, tokens, hidden] of ids [batch, tokens] under `visible` [t, t], at
-        `positions` [t] (default 0..t-1)."""
+        `positions` [t] (default 0..t-1). `qk_sink`, when given, receives each layer's (q, k) in layer order."""
         positions = torch.arange(ids.shape[1]) if positions is None else positions
         rope = rope_tables(positions, self.cfg["head_dim"], self.cfg["rope_theta"])
         h = self.model.embed_tokens(ids)
         for layer in self.model.layers:
-            h = layer(h, rope, visible)
+            h = layer(h, rope, visible, qk_sink)
         return self.model.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -270,11 +275,22 @@ class GenerationResult(NamedTuple):
     decoded: int  # tokens unmasked, including those after EOS in the last block
 
 
+class DenoisingStep(NamedTuple):
+    """What one denoising forward of `block_diffusion_generate` saw and did (for `on_step` observers)."""
+
+    start: int  # absolute position of the block's first token
+    masked: list[int]  # block positions still masked before the step (ascending)
+    chosen: dict[int, int]  # block position -> token decoded at this step
+    qk: list  # per layer (q [1, t, heads, d], k [1, t, kv_heads, d]) after q/k-norm and RoPE, whole sequence
+
+
 @torch.inference_mode()
 def block_diffusion_generate(model: SdarLM, prompt: Sequence[int], *, threshold: float = 0.8,
-                             max_new_tokens: int = 128, eos_id: int | None = None) -> GenerationResult:
+                             max_new_tokens: int = 128, eos_id: int | None = None,
+                             on_step: Callable[[DenoisingStep], None] | None = None) -> GenerationResult:
     """Greedy LowConfidence decoding on SGLang's fixed block grid (from position 0), recomputing the whole
-    sequence with block-causal attention each step (equal to SGLang's KV-cached FDFO rounds)."""
+    sequence with block-causal attention each step (equal to SGLang's KV-cached FDFO rounds). `on_step`, when
+    given, is called after every denoising forward."""
     bs, mask_id = model.cfg["block_size"], model.cfg["mask_token_id"]
     committed, output, steps, blocks, decoded = list(prompt), [], 0, 0, 0
     while len(output) < max_new_tokens:
@@ -283,8 +299,12 @@ def block_diffusion_generate(model: SdarLM, prompt: Sequence[int], *, threshold:
         block = committed[start:] + [mask_id] * (bs - first_new)
         while masked := [j for j in range(first_new, bs) if block[j] == mask_id]:
             ids = torch.tensor([committed[:start] + block])
-            logits = model.logits(model.hidden(ids, block_causal_visibility(ids.shape[1], bs))[0, start:])
-            for j, tok in low_confidence_choice(logits, masked, mask_id, threshold).items():
+            qk_sink = [] if on_step else None
+            hidden = model.hidden(ids, block_causal_visibility(ids.shape[1], bs), qk_sink=qk_sink)
+            chosen = low_confidence_choice(model.logits(hidden[0, start:]), masked, mask_id, threshold)
+            if on_step:
+                on_step(DenoisingStep(start, masked, chosen, qk_sink))
+            for j, tok in chosen.items():
                 block[j] = tok
             steps, decoded = steps + 1, decoded + len(masked) - block.count(mask_id)
         committed, blocks = committed[:start] + block, blocks + 1

@@ -20,6 +20,7 @@ import yaml  # noqa: E402
 from sglang_focus.local_server import LocalServer  # noqa: E402
 from sglang_focus import tiny_models  # noqa: E402
 
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "sdar-tasks"
 # Both arms of every comparison decode at this threshold.
 THRESHOLD = 0.8
 MAX_RUNNING = 16
@@ -121,3 +122,26 @@ def focus_server(request, arch):
 def stock_and_no_eviction(request, arch):
     """(stock LowConfidence, FOCUS that never evicts) on the same checkpoint and threshold."""
     return request.getfixturevalue(f"{arch}_stock_server"), request.getfixturevalue(f"{arch}_focus_no_eviction_server")
+
+
+@pytest.fixture(scope="session")
+def bundled_model() -> Path:
+    """The bundled task-suite checkpoint (`SGLANG_FOCUS_TEST_BUNDLED_MODEL` names another one of its format)."""
+    path = Path(os.environ.get("SGLANG_FOCUS_TEST_BUNDLED_MODEL", BUNDLED_MODEL))
+    if not (path / "config.json").is_file():
+        pytest.fail(f"no checkpoint at {path}: the bundled model (python -m sglang_focus.train --out {path})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundled_stock_server(request, tmp_path_factory):
+    """Stock LowConfidence on the bundled checkpoint, with Prometheus metrics on."""
+    return _server(request, tmp_path_factory, "bundled_model", "bundled_stock",
+                   [*stock_args(tmp_path_factory), "--enable-metrics"])
+
+
+@pytest.fixture(scope="session")
+def bundled_focus_server(request, tmp_path_factory):
+    """FOCUS as shipped on the bundled checkpoint, with Prometheus metrics on."""
+    return _server(request, tmp_path_factory, "bundled_model", "bundled_focus",
+                   [*focus_args(tmp_path_factory), "--enable-metrics"])

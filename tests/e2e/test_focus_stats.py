@@ -123,6 +123,8 @@ def test_bad_parameters_get_http_400_and_the_server_keeps_serving(sdar_focus_met
     generate(sdar_focus_metrics_server, "Hello there", max_new_tokens=8)
 
 
-def test_stock_algorithm_responses_have_no_focus_stats(sdar_stock_server):
-    item = generate(sdar_stock_server, PROMPT, focus={"alpha": 2})
-    assert "focus_stats" not in item["meta_info"]
+def test_stock_algorithm_reports_the_same_counters_without_eviction(sdar_stock_server):
+    item = generate(sdar_stock_server, PROMPT, focus={"alpha": 2})  # custom_params are ignored by stock
+    stats = focus_stats(item)
+    check_consistent(stats, item["meta_info"]["completion_tokens"])
+    assert stats["evicted"] == 0 and stats["kept"] == stats["processed"] == 16 * stats["forwards"]

@@ -124,3 +124,46 @@ def test_grammar_constraints_and_logprobs_are_rejected_with_a_message():
     message = validate_request(req(regex="[0-9]+", json_schema='{"type": "object"}'))
     assert "'regex'" in message and "'json_schema'" in message and "does not support" in message
     assert "'return_logprob'" in validate_request(req(return_logprob=True))
+
+
+def sampled_req(return_logprob=False, custom_logit_processor=None, **sampling):
+    """A request as the scheduler sees it: SGLang's own SamplingParams, normalised as at admission."""
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    return SimpleNamespace(sampling_params=SamplingParams(**sampling), return_logprob=return_logprob,
+                           custom_logit_processor=custom_logit_processor)
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0}, {"temperature": 0.0, "top_k": 1}, {"top_k": -1},
+                                      {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0},
+                                      {"sampling_seed": 7, "max_new_tokens": 8, "stop": ["."], "ignore_eos": True}])
+def test_greedy_and_default_sampling_parameters_are_accepted(sampling):
+    assert validate_request(sampled_req(**sampling)) is None
+
+
+@pytest.mark.parametrize("sampling, named", [
+    ({"temperature": 0.7}, "temperature=0.7"), ({"top_p": 0.9}, "top_p=0.9"), ({"top_k": 5}, "top_k=5"),
+    ({"min_p": 0.1}, "min_p=0.1"), ({"frequency_penalty": 0.5}, "frequency_penalty=0.5"),
+    ({"presence_penalty": -1.0}, "presence_penalty=-1.0"), ({"repetition_penalty": 1.2}, "repetition_penalty=1.2"),
+    ({"min_new_tokens": 4}, "min_new_tokens=4"), ({"logit_bias": {"5": 2.0}}, "logit_bias"),
+])
+def test_sampling_parameters_greedy_decoding_would_ignore_are_rejected_by_name(sampling, named):
+    message = validate_request(sampled_req(**sampling))
+    assert message is not None and named in message and "greedy" in message
+
+
+def test_a_custom_logit_processor_is_rejected():
+    assert "custom_logit_processor" in validate_request(sampled_req(custom_logit_processor="serialized"))
+
+
+def test_every_dllm_algorithm_rejects_grammar_and_logprobs_but_not_sampling_parameters():
+    from sglang_focus.request_params import dllm_request_error
+
+    for fields in ({"regex": "[0-9]+"}, {"json_schema": '{"type": "object"}'}, {"ebnf": 'root ::= "a"'},
+                   {"structural_tag": '{"structures": []}'}):
+        (name,) = fields
+        message = dllm_request_error(sampled_req(**fields))
+        assert message is not None and f"'{name}'" in message and "does not support" in message
+    assert "sgl.select()" in dllm_request_error(sampled_req(return_logprob=True))
+    assert dllm_request_error(sampled_req(temperature=0.7)) is None, "stock dLLM keeps SGLang's sampling behaviour"
+    assert dllm_request_error(sampled_req()) is None

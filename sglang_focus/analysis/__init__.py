@@ -1,0 +1,1 @@
+"""Studies of FOCUS on the bundled checkpoint."""

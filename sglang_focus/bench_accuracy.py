@@ -1,0 +1,142 @@
+"""Accuracy of stock LowConfidence vs FOCUS at the same threshold, on held-out task prompts, through real servers.
+
+    python -m sglang_focus.bench_accuracy --model-path models/sdar-tasks [--n 500] [--threshold 0.8] [--out DIR]
+
+Each arm is served in turn by `python -m sglang.launch_server` (same threshold, dtype and scheduler limits; see
+`sglang_focus.arms`) and answers the same held-out problems of the task suite (`sglang_focus.tasks`), sent as token
+ids so both arms see exactly the training tokenisation. Prints one table (exact-match accuracy per task and overall,
+tokens decoded per forward, kept ratio of masked rows, output tokens per second) and, with `--out DIR`, writes
+`DIR/accuracy.json`: `records` (one object per arm: arm, accuracy, n, threshold, per_task, ...), `agreement` (share
+of problems both arms answer identically), `answers` (every problem with each arm's answer) and `hardware`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tokenizers import Tokenizer
+
+from sglang_focus import arms, tasks
+from sglang_focus.local_server import LocalServer, ServerStartError
+
+MAX_NEW_TOKENS = 64  # the longest answer is 41 tokens; the dLLM decodes whole blocks of 16
+
+
+def problem_payload(tokenizer: Tokenizer, problem: tasks.Problem) -> dict:
+    prompt_ids, _ = tasks.encode_problem(tokenizer, problem)
+    return {"input_ids": prompt_ids, "sampling_params": {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0}}
+
+
+def completion_text(tokenizer: Tokenizer, reply: dict) -> str:
+    """The reply's output ids decoded with special tokens kept (the checker cuts at the first end marker)."""
+    return tokenizer.decode(reply["output_ids"], skip_special_tokens=False)
+
+
+def score_arm(arm: str, problems: Sequence[tasks.Problem], completions: Sequence[str], replies: Sequence[dict], *,
+              seconds: float, threshold: float, alpha: float | None) -> dict:
+    """One arm's record: accuracy overall and per task, decoding counters, throughput."""
+    hits: dict[str, list[bool]] = {}
+    for problem, text in zip(problems, completions):
+        hits.setdefault(problem.task, []).append(tasks.is_correct(problem, text))
+    correct = sum(sum(v) for v in hits.values())
+    stats = arms.summed_stats(replies)
+    output_tokens = sum(r["meta_info"]["completion_tokens"] for r in replies)
+    masked_rows_kept = stats["kept"] - (stats["processed"] - stats["masked"])
+    return {
+        "arm": arm, "accuracy": correct / len(problems), "n": len(problems), "correct": correct,
+        "threshold": threshold, "alpha": alpha,
+        "per_task": {task: sum(v) / len(v) for task, v in hits.items()},
+        "tokens_per_forward": stats["unmasked"] / stats["forwards"] if stats["forwards"] else None,
+        "masked_kept_ratio": masked_rows_kept / stats["masked"] if stats["masked"] else None,
+        "forwards": stats["forwards"], "output_tokens": output_tokens, "seconds": seconds,
+        "output_tokens_per_s": output_tokens / seconds if seconds else None,
+    }
+
+
+def run_arm(arm: str, args: argparse.Namespace, payloads: Sequence[dict], cfg_dir: Path) -> tuple[list[dict], float]:
+    """Serve `arm`, answer every payload, stop the server; (replies, seconds spent answering)."""
+    server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
+                                       max_running=args.max_running, dtype=args.dtype)
+    log = args.log_dir / f"server-{arm}.log"
+    print(f"[{arm}] starting the server (log: {log})", flush=True)
+    with LocalServer(args.model_path, server_args, log_path=log) as server:
+        began = time.perf_counter()
+        replies = arms.run_requests(server.base_url, payloads, concurrency=args.max_running, desc=arm)
+        return replies, time.perf_counter() - began
+
+
+def format_table(records: Sequence[dict], task_names: Sequence[str]) -> str:
+    columns = ["arm", *task_names, "overall", "tok/fwd", "kept", "tok/s"]
+    rows = []
+    for r in records:
+        kept = "-" if r["masked_kept_ratio"] is None else f"{r['masked_kept_ratio']:.2f}"
+        rows.append([r["arm"], *(f"{100 * r['per_task'].get(t, 0):.1f}" for t in task_names),
+                     f"{100 * r['accuracy']:.1f}", f"{r['tokens_per_forward']:.2f}", kept,
+                     f"{r['output_tokens_per_s']:.1f}"])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", type=Path, required=True, help="a checkpoint trained on the task suite")
+    p.add_argument("--n", type=int, default=500, help="held-out problems (cycling through the tasks)")
+    p.add_argument("--seed", default="0", help="held-out sample seed")
+    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for both arms")
+    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α")
+    p.add_argument("--arms", nargs="+", choices=arms.ARMS, default=list(arms.ARMS))
+    p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
+    p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")
+    p.add_argument("--out", type=Path, default=None, help="write OUT/accuracy.json")
+    p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"), help="server logs")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    if not (args.model_path / "tokenizer.json").exists():
+        p.error(f"--model-path {args.model_path}: no tokenizer.json (expected a checkpoint trained on the tasks)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json"))
+    problems = tasks.generate("heldout", args.n, seed=args.seed)
+    payloads = [problem_payload(tokenizer, p) for p in problems]
+    cfg_dir, records, completions = arms.config_dir(), [], {}
+    for arm in args.arms:
+        try:
+            replies, seconds = run_arm(arm, args, payloads, cfg_dir)
+        except (ServerStartError, arms.BenchRequestError) as err:
+            sys.exit(f"bench_accuracy: error: {arm} arm: {err}")
+        completions[arm] = [completion_text(tokenizer, r) for r in replies]
+        records.append(score_arm(arm, problems, completions[arm], replies, seconds=seconds,
+                                 threshold=args.threshold, alpha=args.alpha if arm == "focus" else None))
+    result = {"model": args.model_path.name, "seed": args.seed, "max_new_tokens": MAX_NEW_TOKENS,
+              "dtype": args.dtype, "records": records, "hardware": arms.hardware()}
+    if len(completions) == 2:
+        same = [a == b for a, b in zip(*completions.values())]
+        result["agreement"] = sum(same) / len(same)
+    result["answers"] = [{"task": p.task, "prompt": p.prompt, "expected": p.answer,
+                          **{arm: tasks.extract_answer(completions[arm][i]) for arm in completions}}
+                         for i, p in enumerate(problems)]
+    print(f"\n{args.model_path.name}: {args.n} held-out problems, threshold {args.threshold}, "
+          f"alpha {args.alpha} (FOCUS), dtype {args.dtype}")
+    print(format_table(records, list(dict.fromkeys(p.task for p in problems))))
+    if "agreement" in result:
+        print(f"identical answers in both arms: {100 * result['agreement']:.1f}%")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out / 'accuracy.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

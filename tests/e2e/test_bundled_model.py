@@ -1,0 +1,69 @@
+"""The bundled checkpoint through real servers: the accuracy harness on a handful of held-out prompts, and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sglang_focus import bench_accuracy, tasks
+from sglang_focus.tokenizer import EOS_TOKEN
+from sglang_focus.train import block_diffusion_generate, load_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks"
+N = 5  # one problem per task
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("accuracy")
+    bench_accuracy.main(["--model-path", str(BUNDLED), "--n", str(N), "--max-running", str(N), "--dtype", "float32",
+                         "--out", str(out), "--log-dir", str(out)])
+    return json.loads((out / "accuracy.json").read_text())
+
+
+def test_harness_writes_one_record_per_arm_at_the_same_threshold(harness):
+    records = {r["arm"]: r for r in harness["records"]}
+    assert list(records) == ["stock", "focus"]
+    for r in records.values():
+        assert r["n"] == N and r["threshold"] == 0.8 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["accuracy"] == pytest.approx(r["correct"] / N)
+        assert r["tokens_per_forward"] >= 1.0 and r["output_tokens_per_s"] > 0
+        expected = sum(tasks.normalize(a["expected"]) == a[r["arm"]] for a in harness["answers"])
+        assert r["correct"] == expected, "the record's score is the exact match of the listed answers"
+    assert records["stock"]["masked_kept_ratio"] == 1.0, "stock never evicts"
+    assert records["focus"]["masked_kept_ratio"] < 1.0, "FOCUS evicts masked rows on this model"
+
+
+def test_stock_arm_answers_are_the_reference_decoders(harness):
+    """The harness measures the checkpoint: stock SGLang (float32) decodes what the plain-PyTorch model decodes."""
+    torch.set_num_threads(1)
+    model, tokenizer = load_checkpoint(BUNDLED)
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    for entry, problem in zip(harness["answers"], tasks.generate("heldout", N, seed="0")):
+        assert entry["prompt"] == problem.prompt
+        prompt, _ = tasks.encode_problem(tokenizer, problem)
+        ids = block_diffusion_generate(model, prompt, threshold=0.8, max_new_tokens=64, eos_id=eos).ids
+        assert tasks.extract_answer(tokenizer.decode(ids, skip_special_tokens=False)) == entry["stock"]
+
+
+def test_harness_rejects_a_checkpoint_without_the_task_tokenizer(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench_accuracy", "--model-path", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no tokenizer.json" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_marks_every_answer_and_stops_its_server(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.demo", "--log", str(tmp_path / "demo.log")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    marks = [line.strip()[0] for line in out.stdout.splitlines() if line.strip()[:1] in ("✓", "✗")]
+    assert len(marks) == len(tasks.TASKS) + 1
+    assert f"{marks.count('✓')}/{len(marks)} answers exactly right" in out.stdout
+    assert "Server stopped." in out.stdout

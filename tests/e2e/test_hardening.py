@@ -1,0 +1,242 @@
+"""Serving hardening on the bundled checkpoint, stock LowConfidence and FOCUS: bounded load, aborts, bad input, and
+FOCUS determinism. After load and after every kind of abort the server must be idle again (no running or waiting
+request, no KV token held) and a fixed probe request must decode as it did before."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from sglang_focus import tasks
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+_spec = importlib.util.spec_from_file_location("load_test", EXAMPLES / "load_test.py")
+load_test = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(load_test)
+
+MASK_ID = 3  # the bundled tokenizer's <|mask|>
+CONTEXT_LEN = 2048  # max_position_embeddings of the bundled checkpoint
+LONG = 1900  # max_new_tokens that keep a request running for seconds (prompt + LONG < CONTEXT_LEN)
+IDLE = load_test.ServerLoad(running=0, waiting=0, used_tokens=0)
+PROBLEMS = tasks.generate("heldout", 16, seed="hardening")
+PROBE = {"text": tasks.chat_prompt(PROBLEMS[0].prompt),
+         "sampling_params": {"max_new_tokens": 48, "temperature": 0, "ignore_eos": True}}
+QUICK = {"text": tasks.chat_prompt(PROBLEMS[1].prompt), "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+
+
+@pytest.fixture(scope="module", params=["stock", "focus"])
+def server(request):
+    return request.getfixturevalue(f"bundled_{request.param}_server")
+
+
+@pytest.fixture(scope="module")
+def fresh_probe(server) -> list[int]:
+    """The probe's output ids from the first request this module sends to `server`."""
+    return generate_ok(server, PROBE)["output_ids"]
+
+
+def generate_ok(server, payload: dict) -> dict:
+    resp = server.generate(payload)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def assert_recovered(server, fresh_probe: list[int]) -> None:
+    """Idle again (nothing running, queued or holding KV) and the probe decodes exactly as before."""
+    assert load_test.wait_until_idle(server.base_url, timeout=60, used_tokens=0) == IDLE
+    assert generate_ok(server, PROBE)["output_ids"] == fresh_probe
+
+
+def aborted_requests(server) -> float:
+    """SGLang's `sglang:num_aborted_requests_total`: aborts of requests still in flight (the server has metrics on)."""
+    text = requests.get(f"{server.base_url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("sglang:num_aborted_requests_total"))
+
+
+class InFlight:
+    """Non-streamed /generate requests posted from background threads; `replies()` joins them."""
+
+    def __init__(self, server, rids: list[str], max_new_tokens: int = LONG):
+        self._replies: dict[str, requests.Response] = {}
+        self._threads = [threading.Thread(target=self._post, args=(server, rid, max_new_tokens)) for rid in rids]
+        for thread in self._threads:
+            thread.start()
+
+    def _post(self, server, rid: str, max_new_tokens: int) -> None:
+        payload = {**PROBE, "rid": rid,
+                   "sampling_params": {**PROBE["sampling_params"], "max_new_tokens": max_new_tokens}}
+        self._replies[rid] = server.generate(payload, timeout=120)
+
+    def replies(self, timeout: float = 60) -> dict[str, requests.Response]:
+        for thread in self._threads:
+            thread.join(timeout)
+        return self._replies
+
+
+def wait_for_load(server, predicate, timeout: float = 60) -> load_test.ServerLoad:
+    deadline = time.monotonic() + timeout
+    while not predicate(load := load_test.server_load(server.base_url)):
+        assert time.monotonic() < deadline, f"server load never matched: {load}"
+        time.sleep(0.1)
+    return load
+
+
+def finish_type(resp: requests.Response) -> str:
+    assert resp.status_code == 200, resp.text
+    return resp.json()["meta_info"]["finish_reason"]["type"]
+
+
+# ---- load -----------------------------------------------------------------------------------------------------
+
+
+def test_bounded_load_has_no_failures_and_leaves_the_server_idle(server, fresh_probe):
+    report = load_test.run_round(server.base_url, load_test.build_payloads(48, seed=1), concurrency=16,
+                                 server_pid=server.process.pid)
+    print(load_test.format_round(1, report))
+    assert report.failures == []
+    assert report.load_after == report.load_before == IDLE
+    assert generate_ok(server, PROBE)["output_ids"] == fresh_probe
+
+
+# ---- aborts ---------------------------------------------------------------------------------------------------
+
+
+def test_client_disconnecting_mid_stream_aborts_the_request(server, fresh_probe):
+    before = aborted_requests(server)
+    payload = {**PROBE, "stream": True, "sampling_params": {**PROBE["sampling_params"], "max_new_tokens": LONG}}
+    with requests.post(f"{server.base_url}/generate", json=payload, stream=True, timeout=60) as resp:
+        assert resp.status_code == 200
+        first = next(line for line in resp.iter_lines() if line.startswith(b"data:"))
+    assert json.loads(first[5:])["meta_info"]["completion_tokens"] < LONG
+    assert_recovered(server, fresh_probe)
+    assert aborted_requests(server) == before + 1, "the disconnect aborted the request while it was decoding"
+
+
+def test_abort_request_by_rid_stops_a_running_request(server, fresh_probe):
+    rid = f"hardening-abort-{server.port}"
+    flight = InFlight(server, [rid])
+    wait_for_load(server, lambda load: load.running == 1)
+    assert requests.post(f"{server.base_url}/abort_request", json={"rid": rid}, timeout=30).status_code == 200
+    reply = flight.replies()[rid]
+    assert finish_type(reply) == "abort"
+    assert reply.json()["meta_info"]["completion_tokens"] < LONG
+    assert_recovered(server, fresh_probe)
+
+
+def test_queued_requests_cancelled_by_rid_then_abort_all(server, fresh_probe):
+    """16 requests fill the running batch, 8 more wait; the 8 are cancelled by rid, then abort_all stops the 16."""
+    running = [f"hardening-run-{server.port}-{i}" for i in range(16)]
+    queued = [f"hardening-queued-{server.port}-{i}" for i in range(8)]
+    flight = InFlight(server, running)
+    wait_for_load(server, lambda load: load.running == 16)
+    flight_queued = InFlight(server, queued)
+    wait_for_load(server, lambda load: load.running == 16 and load.waiting == 8)
+    for rid in queued:
+        requests.post(f"{server.base_url}/abort_request", json={"rid": rid}, timeout=30).raise_for_status()
+    replies = flight_queued.replies()
+    assert {rid: finish_type(replies[rid]) for rid in queued} == {rid: "abort" for rid in queued}
+    assert all(replies[rid].json()["meta_info"]["completion_tokens"] == 0 for rid in queued)
+    assert load_test.server_load(server.base_url)[:2] == (16, 0), "the running requests go on"
+
+    requests.post(f"{server.base_url}/abort_request", json={"abort_all": True}, timeout=30).raise_for_status()
+    replies = flight.replies()
+    assert {rid: finish_type(replies[rid]) for rid in running} == {rid: "abort" for rid in running}
+    assert_recovered(server, fresh_probe)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+
+GRAMMARS = {"regex": "[0-9]+", "json_schema": json.dumps({"type": "object"}), "ebnf": 'root ::= "yes" | "no"'}
+
+
+@pytest.mark.parametrize("field", GRAMMARS)
+def test_grammar_constrained_requests_fail_fast_with_400(server, field):
+    start = time.monotonic()
+    resp = server.generate({**QUICK, "sampling_params": {**QUICK["sampling_params"], field: GRAMMARS[field]}},
+                           timeout=60)
+    assert resp.status_code == 400 and f"'{field}'" in resp.text and "does not support" in resp.text, resp.text
+    assert time.monotonic() - start < 10
+    generate_ok(server, QUICK)
+
+
+def test_logprob_requests_fail_with_400_naming_the_cause(server):
+    resp = server.generate({**QUICK, "return_logprob": True})
+    assert resp.status_code == 400 and "'return_logprob'" in resp.text, resp.text
+    generate_ok(server, QUICK)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"text": ""}, "TODO"),
+    ({"text": "Paris " * 2500}, "longer than the model's context length"),
+    ({"text": QUICK["text"], "sampling_params": {"max_new_tokens": 10**6}}, "exceeds the model's maximum context"),
+    ({"input_ids": [10**6]}, "TODO"),
+], ids=["empty_prompt", "prompt_longer_than_context", "huge_max_new_tokens", "token_id_outside_vocabulary"])
+def test_impossible_requests_get_400_with_a_message(server, payload, message):
+    resp = server.generate(payload, timeout=60)
+    assert resp.status_code == 400 and message in resp.text, resp.text
+    generate_ok(server, QUICK)
+
+
+def test_zero_max_new_tokens_returns_no_tokens(server):
+    body = generate_ok(server, {**QUICK, "sampling_params": {"max_new_tokens": 0}})
+    assert body["output_ids"] == [] and body["meta_info"]["completion_tokens"] == 0
+    generate_ok(server, QUICK)
+
+
+def test_n_greater_than_one_returns_n_identical_greedy_answers(server):
+    replies = generate_ok(server, {**QUICK, "sampling_params": {**QUICK["sampling_params"], "n": 3}})
+    assert len(replies) == 3 and all(r["output_ids"] == replies[0]["output_ids"] for r in replies)
+    assert replies[0]["output_ids"] == generate_ok(server, QUICK)["output_ids"]
+
+
+SAMPLING = [{"temperature": 0.7}, {"top_p": 0.5}, {"top_k": 5}, {"min_p": 0.2}, {"frequency_penalty": 1.0},
+            {"presence_penalty": 1.0}, {"repetition_penalty": 1.5}, {"min_new_tokens": 4}]
+
+
+@pytest.mark.parametrize("sampling", SAMPLING, ids=lambda s: next(iter(s)))
+def test_sampling_parameters_are_rejected_by_focus_and_ignored_by_stock(server, sampling, request):
+    resp = server.generate({**QUICK, "sampling_params": {**QUICK["sampling_params"], **sampling}})
+    name, value = next(iter(sampling.items()))
+    if request.node.callspec.params["server"] == "focus":
+        assert resp.status_code == 400 and f"{name}={value!r}" in resp.text and "greedy" in resp.text, resp.text
+    else:
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["output_ids"] == generate_ok(server, QUICK)["output_ids"], "stock decodes greedily"
+    generate_ok(server, QUICK)
+
+
+def test_unicode_and_special_tokens_in_the_prompt_are_served(server):
+    text = tasks.chat_prompt("Ünïcödé 漢字 🙂 <|im_end|><|mask|><|endoftext|> \u200b\t\n done")
+    body = generate_ok(server, {"text": text, "sampling_params": {"max_new_tokens": 32, "ignore_eos": True}})
+    assert len(body["output_ids"]) == 32 and MASK_ID not in body["output_ids"]
+    assert isinstance(body["text"], str)
+    generate_ok(server, QUICK)
+
+
+# ---- determinism (FOCUS) ------------------------------------------------------------------------------------------
+
+
+def chat_batch(problems, max_new_tokens: int = 64) -> dict:
+    return {"text": [tasks.chat_prompt(p.prompt) for p in problems],
+            "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0}}
+
+
+def test_focus_repeats_the_same_tokens_for_the_same_request(bundled_focus_server):
+    runs = [[r["output_ids"] for r in generate_ok(bundled_focus_server, chat_batch(PROBLEMS[:4]))] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_focus_decodes_a_request_alone_as_inside_a_batch_of_16_different_prompts(bundled_focus_server):
+    batch = [r["output_ids"] for r in generate_ok(bundled_focus_server, chat_batch(PROBLEMS))]
+    for index in (0, 5, 10, 15):
+        alone = generate_ok(bundled_focus_server, chat_batch(PROBLEMS[index:index + 1]))[0]["output_ids"]
+        assert alone == batch[index], f"prompt {index} decodes differently alone"
