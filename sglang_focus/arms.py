@@ -95,8 +95,18 @@ def hardware() -> dict[str, str | int]:
 
     info: dict[str, str | int] = {"platform": platform.platform(), "python": platform.python_version(),
                                   "torch": torch.__version__, "cpu_count": os.cpu_count() or 0}
-    info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or "cpu")
+    info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 __all__ = ["ARMS", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "BenchRequestError", "arm_server_args", "config_dir",

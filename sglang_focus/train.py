@@ -432,7 +432,8 @@ def train(args: argparse.Namespace) -> Path:
     opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     step = resume_state(out, model, opt) if args.resume else 0
     began, log = time.perf_counter(), (out / LOG_FILE).open("a")
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="train", dynamic_ncols=True)
+    last = min(args.steps, args.until or args.steps)  # the schedule still spans --steps
+    bar = tqdm(range(step, last), initial=step, total=last, desc="train", dynamic_ncols=True)
     for step in bar:
         batch = make_batch(training_examples(tokenizer, seed=args.seed, step=step, batch_size=args.batch_size),
                            block_size=args.block_size, mask_id=special["mask"], pad_id=special["pad"],
@@ -443,7 +444,7 @@ def train(args: argparse.Namespace) -> Path:
         out_of_time = args.max_minutes and time.perf_counter() - began > 60 * args.max_minutes
         log.write(json.dumps({"step": step + 1, "loss": round(ce, 5), "lr": lr,
                               "seconds": round(time.perf_counter() - began, 2)}) + "\n")
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or out_of_time:
+        if (step + 1) % args.save_every == 0 or step + 1 == last or out_of_time:
             save_state(out, model, opt, step + 1)
             log.flush()
         if args.eval_every and (step + 1) % args.eval_every == 0:
@@ -483,6 +484,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="checkpoint directory (HF layout + train_state.pt)")
     p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (the cosine schedule's length)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--until", type=int, default=0,
+                   help="stop after this step (0: --steps); the learning-rate schedule still spans --steps")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)

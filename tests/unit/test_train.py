@@ -145,6 +145,16 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_until_stops_early_on_the_full_schedule_and_resume_extends_it(tmp_path):
+    straight, staged = tmp_path / "straight", tmp_path / "staged"
+    train.train(train.parse_args(["--out", str(straight), "--steps", "4", *TOY]))
+    train.train(train.parse_args(["--out", str(staged), "--steps", "4", "--until", "2", *TOY]))
+    assert torch.load(staged / train.STATE_FILE, weights_only=False)["step"] == 2
+    train.train(train.parse_args(["--out", str(staged), "--steps", "4", "--resume", *TOY]))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(staged / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="module")
 def reference_decoder():
     """The independent plain-PyTorch decoder the e2e suite checks against stock SGLang, token for token."""
