@@ -54,8 +54,9 @@ def config_dir() -> Path:
 
 
 def run_requests(base_url: str, payloads: Sequence[dict], *, concurrency: int, desc: str,
-                 timeout: float = 600.0) -> list[dict]:
-    """POST each payload to `/generate` with up to `concurrency` in flight; the JSON replies in payload order.
+                 timeout: float = 600.0, quiet: bool = False) -> list[dict]:
+    """POST each payload to `/generate` with up to `concurrency` in flight; the JSON replies in payload order
+    (`quiet`: no progress bar).
 
     Raises BenchRequestError naming the first payload whose reply was not HTTP 200.
     """
@@ -67,7 +68,7 @@ def run_requests(base_url: str, payloads: Sequence[dict], *, concurrency: int, d
 
     replies: list[dict | None] = [None] * len(payloads)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
-            tqdm(total=len(payloads), desc=desc, unit="req", dynamic_ncols=True) as bar:
+            tqdm(total=len(payloads), desc=desc, unit="req", dynamic_ncols=True, disable=quiet) as bar:
         for future in as_completed([pool.submit(post, i) for i in range(len(payloads))]):
             index, reply = future.result()
             replies[index] = reply

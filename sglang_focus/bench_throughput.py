@@ -1,0 +1,263 @@
+"""Output throughput of stock LowConfidence vs FOCUS at the same threshold, per batch size, in one run.
+
+    python -m sglang_focus.bench_throughput [--model-path models/sdar-tasks] [--batch-sizes 1,8,32,64]
+        [--prompts FILE] [--max-new-tokens 64] [--repeats 3] [--out DIR]
+
+Both arms are served at once by `python -m sglang.launch_server` (same threshold, dtype, KV pool and
+`--max-running-requests` = the largest batch size; only the algorithm differs, see `sglang_focus.arms`). For each
+batch size a "round" sends that many requests at once and waits for all of them; each arm first runs one warm-up
+round (not counted), then the arms alternate for `--repeats` rounds, the first arm swapping every repetition so
+neither gets the warmer machine. Prompts are held-out problems of the task suite (so accuracy is reported too)
+unless `--prompts FILE` gives one prompt per line, sent verbatim.
+
+Reported per batch size and arm: output tokens/s and requests/s (total over the counted rounds / their wall time),
+denoising forwards per request, tokens decoded per forward, kept share of all processed rows and of masked rows,
+accuracy (task prompts only), and FOCUS/stock speedup with the layer-count bound L / (2 + (L - 2) k) for the
+measured kept share k. Writes DIR/throughput.json (`records`: one object per batch size and arm) and
+DIR/throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from sglang_focus import arms, tasks
+from sglang_focus.bench_accuracy import completion_text, problem_payload
+from sglang_focus.local_server import LocalServer, ServerStartError
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks"
+
+
+class Workload(NamedTuple):
+    payloads: list[dict]  # one /generate body per request of the largest batch
+    problems: list[tasks.Problem] | None  # the task problems behind the payloads, when known
+
+
+class Round(NamedTuple):
+    seconds: float
+    replies: list[dict]
+
+
+def task_workload(model_path: Path, n: int, max_new_tokens: int) -> Workload:
+    tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    problems = tasks.generate("heldout", n, seed="throughput")
+    payloads = [problem_payload(tokenizer, p) for p in problems]
+    for payload in payloads:
+        payload["sampling_params"]["max_new_tokens"] = max_new_tokens
+    return Workload(payloads, problems)
+
+
+def file_workload(path: Path, n: int, max_new_tokens: int) -> Workload:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise SystemExit(f"bench_throughput: error: --prompts {path} holds no prompt")
+    prompts = [lines[i % len(lines)] for i in range(n)]
+    return Workload([{"text": p, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0}}
+                     for p in prompts], None)
+
+
+def run_round(base_url: str, payloads: Sequence[dict]) -> Round:
+    """All `payloads` at once; wall time from the first send to the last reply."""
+    began = time.perf_counter()
+    replies = arms.run_requests(base_url, payloads, concurrency=len(payloads), desc="", quiet=True)
+    return Round(time.perf_counter() - began, replies)
+
+
+def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Workload, tokenizer: Tokenizer | None,
+               *, threshold: float, alpha: float | None) -> dict:
+    replies = [r for rnd in rounds for r in rnd.replies]
+    seconds = sum(rnd.seconds for rnd in rounds)
+    stats = arms.summed_stats(replies)
+    output_tokens = sum(r["meta_info"]["completion_tokens"] for r in replies)
+    record = {
+        "batch_size": batch_size, "arm": arm, "threshold": threshold, "alpha": alpha, "rounds": len(rounds),
+        "output_throughput": output_tokens / seconds, "request_throughput": len(replies) / seconds,
+        "output_tokens": output_tokens, "seconds": seconds,
+        "forwards_per_request": stats["forwards"] / len(replies),
+        "tokens_per_forward": stats["unmasked"] / stats["forwards"] if stats["forwards"] else None,
+        "kept_ratio": stats["kept"] / stats["processed"] if stats["processed"] else None,
+        "masked_kept_ratio": ((stats["kept"] - stats["processed"] + stats["masked"]) / stats["masked"]
+                              if stats["masked"] else None),
+        "accuracy": None,
+    }
+    if workload.problems is not None and tokenizer is not None:
+        problems = workload.problems[:batch_size] * len(rounds)
+        hits = [tasks.is_correct(p, completion_text(tokenizer, r)) for p, r in zip(problems, replies)]
+        record["accuracy"] = sum(hits) / len(hits)
+    return record
+
+
+def layer_bound(num_layers: int, kept: float) -> float:
+    """Speedup if layer cost were proportional to rows: L / (2 + (L - 2) k)."""
+    return num_layers / (2 + (num_layers - 2) * kept)
+
+
+def measure(servers: dict[str, LocalServer], workload: Workload, batch_sizes: Sequence[int], repeats: int,
+            tokenizer: Tokenizer | None, args: argparse.Namespace) -> list[dict]:
+    records = []
+    total = len(batch_sizes) * len(servers) * (repeats + 1)
+    with tqdm(total=total, desc="rounds", unit="round", dynamic_ncols=True) as bar:
+        for batch_size in batch_sizes:
+            payloads = workload.payloads[:batch_size]
+            for server in servers.values():  # warm-up, not counted
+                run_round(server.base_url, payloads)
+                bar.update()
+            rounds: dict[str, list[Round]] = {arm: [] for arm in servers}
+            for rep in range(repeats):
+                order = list(servers) if rep % 2 == 0 else list(servers)[::-1]
+                for arm in order:
+                    rounds[arm].append(run_round(servers[arm].base_url, payloads))
+                    bar.set_postfix(batch=batch_size, arm=arm)
+                    bar.update()
+            for arm in servers:
+                records.append(arm_record(arm, batch_size, rounds[arm], workload, tokenizer,
+                                          threshold=args.threshold, alpha=args.alpha if arm == "focus" else None))
+    return records
+
+
+def speedups(records: Sequence[dict], num_layers: int) -> list[dict]:
+    by_key = {(r["batch_size"], r["arm"]): r for r in records}
+    rows = []
+    for batch_size in sorted({r["batch_size"] for r in records}):
+        stock, focus = by_key.get((batch_size, "stock")), by_key.get((batch_size, "focus"))
+        if not (stock and focus):
+            continue
+        speedup = focus["output_throughput"] / stock["output_throughput"]
+        bound = layer_bound(num_layers, focus["kept_ratio"]) if focus["kept_ratio"] is not None else None
+        rows.append({"batch_size": batch_size, "speedup": speedup, "bound": bound,
+                     "share_of_bound": speedup / bound if bound else None})
+    return rows
+
+
+def markdown_table(records: Sequence[dict], gains: Sequence[dict]) -> str:
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+    gain = {g["batch_size"]: g for g in gains}
+    lines = ["| batch | arm | output tok/s | req/s | forwards/req | tok/forward | kept (all / masked) | accuracy "
+             "| FOCUS/stock | bound L/(2+(L-2)k) | share of bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        g = gain.get(r["batch_size"]) if r["arm"] == "focus" else None
+        lines.append(
+            f"| {r['batch_size']} | {r['arm']} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f} "
+            f"| {r['forwards_per_request']:.1f} | {fmt(r['tokens_per_forward'], '.2f')} "
+            f"| {fmt(r['kept_ratio'], '.2f')} / {fmt(r['masked_kept_ratio'], '.2f')} "
+            f"| {fmt(None if r['accuracy'] is None else 100 * r['accuracy'], '.1f')} "
+            f"| {fmt(g and g['speedup'], '.2f')} | {fmt(g and g['bound'], '.2f')} "
+            f"| {fmt(g and g['share_of_bound'], '.0%')} |")
+    return "\n".join(lines)
+
+
+def save_plot(records: Sequence[dict], gains: Sequence[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, style in (("stock", "o-"), ("focus", "s-")):
+        points = sorted((r["batch_size"], r["output_throughput"]) for r in records if r["arm"] == arm)
+        if points:
+            ax.plot(*zip(*points), style, label=f"{arm} output tok/s")
+    ax.set(xscale="log", xlabel="batch size (concurrent requests)", ylabel="output tokens / s", title=title)
+    ax.set_xticks([r["batch_size"] for r in records], [str(r["batch_size"]) for r in records])
+    if gains:
+        twin = ax.twinx()
+        twin.plot([g["batch_size"] for g in gains], [g["speedup"] for g in gains], "k--", label="FOCUS / stock")
+        twin.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+        twin.set_ylabel("speedup")
+        twin.legend(loc="lower right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated concurrent request counts")
+    p.add_argument("--prompts", type=Path, default=None, help="one prompt per line (default: held-out task problems)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="counted rounds per batch size and arm")
+    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for both arms")
+    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α")
+    p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")
+    p.add_argument("--out", type=Path, default=Path(".cache/bench-throughput"))
+    p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"))
+    args = p.parse_args(argv)
+    try:
+        args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
+    except ValueError:
+        p.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    if not args.batch_sizes or args.batch_sizes[0] < 1:
+        p.error("--batch-sizes must list positive integers")
+    if args.repeats < 1 or args.max_new_tokens < 1:
+        p.error("--repeats and --max-new-tokens must be at least 1")
+    if not (args.model_path / "config.json").exists():
+        p.error(f"--model-path {args.model_path}: no config.json")
+    if args.prompts is not None and not args.prompts.is_file():
+        p.error(f"--prompts {args.prompts}: no such file")
+    return args
+
+
+def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
+    cfg_dir, largest = arms.config_dir(), max(args.batch_sizes)
+    pool = str(max(8192, 2 * largest * (256 + args.max_new_tokens)))
+    servers = {}
+    try:
+        for arm in arms.ARMS:
+            server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
+                                               max_running=largest, dtype=args.dtype,
+                                               extra=["--max-total-tokens", pool])
+            print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
+            servers[arm] = LocalServer(args.model_path, server_args,
+                                       log_path=args.log_dir / f"throughput-{arm}.log").start()
+    except ServerStartError as err:
+        for server in servers.values():
+            server.stop()
+        sys.exit(f"bench_throughput: error: {err}")
+    return servers
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    largest = max(args.batch_sizes)
+    is_tasks = args.prompts is None
+    workload = (task_workload(args.model_path, largest, args.max_new_tokens) if is_tasks
+                else file_workload(args.prompts, largest, args.max_new_tokens))
+    tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json")) if is_tasks else None
+    num_layers = json.loads((args.model_path / "config.json").read_text())["num_hidden_layers"]
+    servers = start_servers(args)
+    try:
+        records = measure(servers, workload, args.batch_sizes, args.repeats, tokenizer, args)
+    except arms.BenchRequestError as err:
+        sys.exit(f"bench_throughput: error: {err}")
+    finally:
+        for server in servers.values():
+            server.stop()
+    gains = speedups(records, num_layers)
+    result = {"model": args.model_path.name, "num_layers": num_layers, "threshold": args.threshold,
+              "alpha": args.alpha, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+              "dtype": args.dtype, "prompts": str(args.prompts) if args.prompts else "heldout task problems",
+              "records": records, "speedups": gains, "hardware": arms.hardware()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    title = f"{args.model_path.name}, τ = {args.threshold}, α = {args.alpha}, {result['hardware']['device']}"
+    save_plot(records, gains, args.out / "throughput.png", title)
+    print(f"\n{title}; {args.repeats} counted rounds per cell, warm-up excluded\n")
+    print(markdown_table(records, gains))
+    print(f"\nwrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
