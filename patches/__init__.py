@@ -98,12 +98,43 @@ MANIFEST: tuple[Patch, ...] = (
         module="managers_scheduler", hook="reject_unsupported_dllm_requests",
         target="sglang.srt.managers.scheduler.Scheduler.validate_dllm_request",
         kind="AROUND", scope="dllm",
-        why="Stock dLLM algorithms admit requests block decoding cannot honour: a grammar-constrained request "
-            "(regex, json_schema, ebnf, structural_tag) TODO, and return_logprob TODO.",
+        why="Stock dLLM algorithms admit requests block decoding cannot answer: a grammar-constrained request "
+            "(regex, json_schema, ebnf, structural_tag) is never answered (the client waits until it times out); "
+            "return_logprob gets empty log-probabilities (sgl.select() then fails with ZeroDivisionError); a "
+            "prompt token id outside the vocabulary crashes the scheduler (IndexError in the embedding), taking "
+            "the server down.",
         how="When the algorithm's own check passes on a dLLM server, returns the message of "
             "`request_params.dllm_request_error` (HTTP 400 before the request is queued); otherwise the original "
-            "answer. Requests without those features, and servers without a dLLM algorithm, see no change.",
-        removal="Upstream DllmAlgorithm.validate_request rejecting grammar and logprob requests by default.",
+            "answer. Other requests, and servers without a dLLM algorithm, see no change.",
+        removal="Upstream DllmAlgorithm.validate_request rejecting grammar and logprob requests by default, and "
+                "prompt ids checked against the vocabulary at tokenization.",
+    ),
+    Patch(
+        module="managers_scheduler", hook="count_dllm_requests_as_running",
+        target="sglang.srt.managers.scheduler.Scheduler.init_load_inquirer",
+        kind="AFTER", scope="dllm",
+        why="dLLM requests being decoded live in the scheduler's dllm_manager between rounds, never in "
+            "running_batch, so `/v1/loads` (and the load balancer's view) report 0 running requests while the "
+            "server decodes up to --max-running-requests of them.",
+        how="On a dLLM server, replaces the frozen load inquirer with a copy whose get_running_batch also "
+            "returns the dllm_manager's requests. Only load reports change; servers without a dLLM algorithm "
+            "keep the original inquirer.",
+        removal="Upstream counting dllm_manager requests in SchedulerLoadInquirer.get_loads.",
+    ),
+    Patch(
+        module="managers_schedule_policy", hook="keep_dllm_blocks_whole",
+        target="sglang.srt.managers.schedule_policy.PrefillAdder._get_dllm_remain_tokens",
+        kind="AFTER", scope="dllm",
+        why="Under KV pressure SGLang stages dLLM requests with extends that are not one block: an exhausted KV "
+            "estimate falls back to the whole row budget, uncapped (a request whose prompt does not end on a "
+            "block boundary then extends by 24 tokens with block 16), and an estimate between 0 and one block "
+            "cuts the block short. Every dLLM algorithm views the batch as whole blocks, so the scheduler dies "
+            "(RuntimeError: shape '[63, 16]' is invalid for input of size 1016) and the server goes down. Seen "
+            "with 64 concurrent requests on --max-total-tokens 8192.",
+        how="Returns one block whenever the original returns a positive budget and the dLLM row budget has a "
+            "block left, else 0 (the request waits a round). A budget of 0 or less, and algorithms with a "
+            "separate context pass, are unchanged; without KV pressure the original already returns one block.",
+        removal="Upstream capping the exhausted-KV fallback of PrefillAdder._get_dllm_remain_tokens at one block.",
     ),
     Patch(
         module="sampling_sampling_batch_info", hook="carry_focus_request_params",

@@ -23,6 +23,10 @@ import msgspec
 
 from sglang_focus.config import ALGORITHM_NAME, FocusConfigError
 
+GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
+UNSUPPORTED_REASON = ("it decodes whole blocks in parallel, without per-token grammar masks or log-probabilities "
+                      "(sgl.select() and other logprob APIs need them)")
+
 # SGLang's "whole vocabulary" top_k (sglang.srt.sampling.sampling_params.TOP_K_ALL), what top_k -1 becomes.
 TOP_K_ALL = 1 << 30
 
@@ -94,7 +98,7 @@ def validate_request(req) -> Optional[str]:
     """
     unsupported = unsupported_features(req)
     if unsupported:
-        return (f"FOCUS block-diffusion decoding does not support {', '.join(unsupported)}: {UNSUPPORTED_REASON}")
+        return f"FOCUS block-diffusion decoding does not support {', '.join(unsupported)}: {UNSUPPORTED_REASON}"
     ignored = ignored_sampling_params(req)
     if ignored:
         return (f"FOCUS block-diffusion decoding is greedy and cannot honour {', '.join(ignored)}: it unmasks the "
@@ -107,21 +111,34 @@ def validate_request(req) -> Optional[str]:
     return None
 
 
-def dllm_request_error(req) -> Optional[str]:
+def dllm_request_error(req, vocab_size: Optional[int] = None) -> Optional[str]:
     """Admission check every dLLM algorithm needs (stock ones included): an error message, or None.
 
-    Rejects what `unsupported_features` lists; without it stock SGLang accepts such requests and then cannot
-    answer them properly (see the MANIFEST entry of patches/managers_scheduler.py).
+    Rejects what `unsupported_features` lists and, given `vocab_size`, prompt token ids outside the vocabulary
+    (`req.origin_input_ids`). Without it stock SGLang accepts such requests and then cannot answer them, or crashes
+    (see the MANIFEST entry of patches/managers_scheduler.py).
     """
     unsupported = unsupported_features(req)
-    if not unsupported:
-        return None
-    return f"Block-diffusion (dLLM) decoding does not support {', '.join(unsupported)}: {UNSUPPORTED_REASON}"
+    if unsupported:
+        return f"Block-diffusion (dLLM) decoding does not support {', '.join(unsupported)}: {UNSUPPORTED_REASON}"
+    outside = out_of_vocabulary_ids(getattr(req, "origin_input_ids", None) or (), vocab_size)
+    if outside:
+        return (f"Prompt token id(s) {', '.join(map(str, outside))} are outside the model's vocabulary "
+                f"(ids 0..{vocab_size - 1})")
+    return None
 
 
-GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
-UNSUPPORTED_REASON = ("it decodes whole blocks in parallel, without per-token grammar masks or log-probabilities "
-                      "(sgl.select() and other logprob APIs need them)")
+def out_of_vocabulary_ids(input_ids: Sequence[int], vocab_size: Optional[int], limit: int = 5) -> list[int]:
+    """Up to `limit` distinct ids of `input_ids` outside [0, vocab_size), in order; none if vocab_size is None."""
+    if vocab_size is None or not input_ids or (min(input_ids) >= 0 and max(input_ids) < vocab_size):
+        return []
+    outside: list[int] = []
+    for token in input_ids:
+        if not 0 <= token < vocab_size and token not in outside:
+            outside.append(token)
+            if len(outside) == limit:
+                break
+    return outside
 
 
 def unsupported_features(req) -> list[str]:
@@ -132,19 +149,19 @@ def unsupported_features(req) -> list[str]:
     return features
 
 
-# Sampling parameters that greedy block decoding never reads, each with the values that leave a sampler unchanged.
+# Sampling parameters greedy block decoding never reads, each with the values that leave decoding unchanged.
 # SGLang normalises a request before the scheduler sees it: temperature 0 becomes (temperature 1.0, top_k 1) and
-# top_k -1 becomes TOP_K_ALL, so both greedy spellings and the defaults pass.
+# top_k -1 becomes TOP_K_ALL, so both greedy spellings and the defaults pass. Penalties, min_new_tokens and
+# logit_bias change even greedy autoregressive decoding; top_p and min_p only matter when sampling (top_k != 1).
 NEUTRAL_SAMPLING: tuple[tuple[str, tuple], ...] = (
     ("temperature", (1.0,)),
-    ("top_p", (1.0,)),
     ("top_k", (1, TOP_K_ALL, -1)),
-    ("min_p", (0.0,)),
     ("frequency_penalty", (0.0,)),
     ("presence_penalty", (0.0,)),
     ("repetition_penalty", (1.0,)),
     ("min_new_tokens", (0,)),
 )
+NEUTRAL_WHEN_SAMPLING: tuple[tuple[str, tuple], ...] = (("top_p", (1.0,)), ("min_p", (0.0,)))
 
 
 def ignored_sampling_params(req) -> list[str]:
@@ -152,9 +169,11 @@ def ignored_sampling_params(req) -> list[str]:
 
     Reads `req.sampling_params` (missing fields count as neutral), plus `logit_bias` and the request's
     `custom_logit_processor`. Temperature 1.0 passes: it is SGLang's default and what greedy requests become.
+    top_p and min_p are checked only for sampling requests: a greedy request (top_k 1) never reads them.
     """
     params = req.sampling_params
-    ignored = [f"{name}={getattr(params, name)!r}" for name, neutral in NEUTRAL_SAMPLING
+    checked = NEUTRAL_SAMPLING if getattr(params, "top_k", TOP_K_ALL) == 1 else NEUTRAL_SAMPLING + NEUTRAL_WHEN_SAMPLING
+    ignored = [f"{name}={getattr(params, name)!r}" for name, neutral in checked
                if getattr(params, name, neutral[0]) not in neutral]
     if getattr(params, "logit_bias", None):
         ignored.append("logit_bias")

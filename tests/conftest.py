@@ -12,6 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -126,22 +127,37 @@ def stock_and_no_eviction(request, arch):
 
 @pytest.fixture(scope="session")
 def bundled_model() -> Path:
-    """The bundled task-suite checkpoint (`SGLANG_FOCUS_TEST_BUNDLED_MODEL` names another one of its format)."""
-    path = Path(os.environ.get("SGLANG_FOCUS_TEST_BUNDLED_MODEL", BUNDLED_MODEL))
-    if not (path / "config.json").is_file():
-        pytest.fail(f"no checkpoint at {path}: the bundled model (python -m sglang_focus.train --out {path})")
-    return path
+    """The bundled task-suite checkpoint, models/sdar-tasks."""
+    if not (BUNDLED_MODEL / "config.json").is_file():
+        pytest.fail(f"the bundled checkpoint is missing: no {BUNDLED_MODEL / 'config.json'}")
+    return BUNDLED_MODEL
 
 
 @pytest.fixture(scope="session")
-def bundled_stock_server(request, tmp_path_factory):
-    """Stock LowConfidence on the bundled checkpoint, with Prometheus metrics on."""
-    return _server(request, tmp_path_factory, "bundled_model", "bundled_stock",
-                   [*stock_args(tmp_path_factory), "--enable-metrics"])
+def bundled_servers(request, tmp_path_factory, bundled_model) -> dict[str, LocalServer]:
+    """{"stock": LowConfidence, "focus": FOCUS as shipped} on the bundled checkpoint, both with Prometheus metrics
+    on, started side by side (start-up is mostly waiting on imports and health checks)."""
+    arm_args = {"stock": stock_args(tmp_path_factory), "focus": focus_args(tmp_path_factory)}
+    servers = {arm: LocalServer(bundled_model, [*args, "--enable-metrics", "--max-running-requests", str(MAX_RUNNING)],
+                                log_path=tmp_path_factory.mktemp(f"server_bundled_{arm}") / "server.log")
+               for arm, args in arm_args.items()}
+    request.addfinalizer(lambda: _side_by_side(servers.values(), LocalServer.stop))
+    _side_by_side(servers.values(), LocalServer.start)
+    return servers
+
+
+def _side_by_side(servers, method) -> None:
+    """Call `method` on every server in parallel threads; re-raises the first error once all are done."""
+    with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+        for done in [pool.submit(method, server) for server in servers]:
+            done.result()
 
 
 @pytest.fixture(scope="session")
-def bundled_focus_server(request, tmp_path_factory):
-    """FOCUS as shipped on the bundled checkpoint, with Prometheus metrics on."""
-    return _server(request, tmp_path_factory, "bundled_model", "bundled_focus",
-                   [*focus_args(tmp_path_factory), "--enable-metrics"])
+def bundled_stock_server(bundled_servers) -> LocalServer:
+    return bundled_servers["stock"]
+
+
+@pytest.fixture(scope="session")
+def bundled_focus_server(bundled_servers) -> LocalServer:
+    return bundled_servers["focus"]

@@ -136,6 +136,7 @@ def sampled_req(return_logprob=False, custom_logit_processor=None, **sampling):
 
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0}, {"temperature": 0.0, "top_k": 1}, {"top_k": -1},
                                       {"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0},
+                                      {"temperature": 0, "top_p": 0.5, "min_p": 0.2, "top_k": 5},
                                       {"sampling_seed": 7, "max_new_tokens": 8, "stop": ["."], "ignore_eos": True}])
 def test_greedy_and_default_sampling_parameters_are_accepted(sampling):
     assert validate_request(sampled_req(**sampling)) is None
@@ -143,6 +144,7 @@ def test_greedy_and_default_sampling_parameters_are_accepted(sampling):
 
 @pytest.mark.parametrize("sampling, named", [
     ({"temperature": 0.7}, "temperature=0.7"), ({"top_p": 0.9}, "top_p=0.9"), ({"top_k": 5}, "top_k=5"),
+    ({"temperature": 0, "repetition_penalty": 1.2}, "repetition_penalty=1.2"),
     ({"min_p": 0.1}, "min_p=0.1"), ({"frequency_penalty": 0.5}, "frequency_penalty=0.5"),
     ({"presence_penalty": -1.0}, "presence_penalty=-1.0"), ({"repetition_penalty": 1.2}, "repetition_penalty=1.2"),
     ({"min_new_tokens": 4}, "min_new_tokens=4"), ({"logit_bias": {"5": 2.0}}, "logit_bias"),
@@ -167,3 +169,24 @@ def test_every_dllm_algorithm_rejects_grammar_and_logprobs_but_not_sampling_para
     assert "sgl.select()" in dllm_request_error(sampled_req(return_logprob=True))
     assert dllm_request_error(sampled_req(temperature=0.7)) is None, "stock dLLM keeps SGLang's sampling behaviour"
     assert dllm_request_error(sampled_req()) is None
+
+
+@pytest.mark.parametrize("input_ids, vocab_size, outside", [
+    ([0, 5, 831], 832, []), ([5, 832, 9, 832, -1], 832, [832, -1]), ([10**6], None, []), ([], 832, []),
+    (list(range(900, 1000)), 832, [900, 901, 902, 903, 904]),
+])
+def test_out_of_vocabulary_prompt_ids_are_listed(input_ids, vocab_size, outside):
+    from sglang_focus.request_params import out_of_vocabulary_ids
+
+    assert out_of_vocabulary_ids(input_ids, vocab_size) == outside
+
+
+def test_prompt_ids_outside_the_vocabulary_are_rejected_with_the_ids():
+    from sglang_focus.request_params import dllm_request_error
+
+    req = sampled_req()
+    req.origin_input_ids = [5, 10**6, 7]
+    message = dllm_request_error(req, vocab_size=832)
+    assert "1000000" in message and "0..831" in message
+    req.origin_input_ids = [5, 6, 7]
+    assert dllm_request_error(req, vocab_size=832) is None
