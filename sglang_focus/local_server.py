@@ -59,6 +59,9 @@ class LocalServer:
                 "--host", "127.0.0.1", "--port", str(self.port), *cpu_args, *self.args]
 
     def start(self) -> "LocalServer":
+        """Launch and wait until healthy; a no-op if this instance already runs a server."""
+        if self.process is not None:
+            return self
         env = dict(os.environ)
         if not cuda_available():
             env.update(CPU_ENV)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +69,6 @@ def test_demo_marks_every_answer_and_stops_its_server(tmp_path):
     assert len(marks) == len(tasks.TASKS) + 1
     assert f"{marks.count('✓')}/{len(marks)} answers exactly right" in out.stdout
     assert "Server stopped." in out.stdout
+    port = int(re.search(r"Server ready at http://127\.0\.0\.1:(\d+)", out.stdout).group(1))
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the demo left its server running"
