@@ -1,11 +1,13 @@
 """FOCUS compute kernels: importance scoring and select + enforce, each with a PyTorch reference.
 
-``backend`` is ``"triton"``, ``"torch"`` or ``None`` (Triton for CUDA tensors, the PyTorch reference otherwise).
+``backend`` is ``"triton"``, ``"torch"`` (vectorised PyTorch, ``batched.py``), ``"reference"`` (the per-request
+loops of ``reference.py``, the specification) or ``None``: Triton for CUDA tensors, vectorised PyTorch otherwise.
 Importing this package needs Triton installed but no GPU.
 """
 
 import torch
 
+from .batched import importance_batched, select_enforce_batched
 from .importance import importance_triton
 from .reference import (
     Budget,
@@ -27,7 +29,7 @@ __all__ = [
     "select_enforce",
 ]
 
-BACKENDS = ("triton", "torch")
+BACKENDS = ("triton", "torch", "reference")
 
 
 def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
@@ -54,6 +56,8 @@ def importance(
     """
     if resolve_backend(backend, q) == "triton":
         return importance_triton(q, k, cu_seqlens, sm_scale=sm_scale, max_m=max_m)
+    if resolve_backend(backend, q) == "torch":
+        return importance_batched(q, k, cu_seqlens, sm_scale=sm_scale, max_m=max_m)
     return importance_reference(q, k, cu_seqlens, sm_scale=sm_scale)
 
 
@@ -75,4 +79,6 @@ def select_enforce(
     """
     if resolve_backend(backend, delta) == "triton":
         return select_enforce_triton(delta, positions, cu_seqlens, target, evict, progress, max_m=max_m)
+    if resolve_backend(backend, delta) == "torch":
+        return select_enforce_batched(delta, positions, cu_seqlens, target, evict, progress, max_m=max_m)
     return select_enforce_reference(delta, positions, cu_seqlens, target, evict, progress)

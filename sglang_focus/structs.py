@@ -23,23 +23,29 @@ class FocusReqState(msgspec.Struct):
 
 
 class EvictionInput(NamedTuple):
-    """What the model needs to score and evict, for the rows of the processing batch (device tensors)."""
+    """What the model needs to score and evict, for the rows of the processing batch.
 
-    cand_rows: torch.Tensor  # [total_m] int64: rows of the processing batch that are masked candidates
-    cand_cu: torch.Tensor  # [bs+1] int32: candidates of request r are cand_rows[cand_cu[r]:cand_cu[r+1]]
-    cand_pos: torch.Tensor  # [total_m] int32: block positions of the candidates (ascending per request)
-    target: torch.Tensor  # [bs] int32: per-request budget target (spec §4.5)
-    evict: torch.Tensor  # [bs] bool: per-request eviction flag
-    progress: torch.Tensor  # [bs] int32: prog before this step
-    row_req: torch.Tensor  # [n] int64: request index of each processing row
-    row_pos: torch.Tensor  # [n] int64: block position of each processing row
-    prefix_lens: torch.Tensor  # [bs] int64: committed length h of each request
+    Device tensors feed the kernels; the host copies let the kept-row plan be built after a single device-to-host
+    copy of the keep mask (no other synchronisation in the forward).
+    """
+
+    cand_rows: torch.Tensor  # [total_m] int64 (device): rows of the processing batch that are masked candidates
+    cand_cu: torch.Tensor  # [bs+1] int32 (device): candidates of request r are cand_rows[cand_cu[r]:cand_cu[r+1]]
+    cand_pos: torch.Tensor  # [total_m] int32 (device): block positions of the candidates (ascending per request)
+    target: torch.Tensor  # [bs] int32 (device): per-request budget target (spec §4.5)
+    evict: torch.Tensor  # [bs] bool (device): per-request eviction flag
+    progress: torch.Tensor  # [bs] int32 (device): prog before this step
+    row_req: torch.Tensor  # [n] int64 (host): request index of each processing row
+    row_pos: torch.Tensor  # [n] int64 (host): block position of each processing row
+    cand_rows_cpu: torch.Tensor  # [total_m] int64 (host): cand_rows
+    prefix_lens: torch.Tensor  # [bs] int64 (host): committed length h of each request
     max_m: int  # largest candidate count of a request (kernel tile size)
 
 
 class RetainPlan(NamedTuple):
-    """The rows kept after layer 1 and the attention window they define (device tensors)."""
+    """The rows kept after layer 1 and the attention window they define."""
 
-    kept_rows: torch.Tensor  # [k] int64: kept rows of the processing batch, ascending
-    kept_counts: torch.Tensor  # [bs] int64: kept rows per request
-    window: torch.Tensor  # [bs] int64: h + rightmost kept position + 1 (keys attended at layers >= 1)
+    kept_rows: torch.Tensor  # [k] int64 (device): kept rows of the processing batch, ascending
+    kept_counts: torch.Tensor  # [bs] int64 (host): kept rows per request
+    rightmost: torch.Tensor  # [bs] int64 (host): rightmost kept block position per request
+    window: torch.Tensor  # [bs] int64 (host): h + rightmost + 1 (keys attended at layers >= 1)

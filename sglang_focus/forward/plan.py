@@ -1,4 +1,8 @@
-"""Host-side plan of one denoising step: the processing rows and, when some request may evict, its inputs."""
+"""Host-side plan of one denoising step: the processing rows and, when some request may evict, its inputs.
+
+Everything here is vectorised over the batch on host tensors ([bs, B] masks); the only per-request Python is
+reading the states SGLang hands over. Device tensors are uploaded once, nothing is read back.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ import torch
 
 from sglang_focus import kernels
 from sglang_focus.structs import EvictionInput, FocusReqState
-from sglang_focus.unmasking.delayed_cache import processing_positions
+from sglang_focus.unmasking.delayed_cache import processing_mask
 
 
 class StepPlan(NamedTuple):
-    positions: list[list[int]]  # per request: block positions processed this step (sorted)
-    masked: list[int]  # per request: masked candidates among them
-    rows: torch.Tensor  # [n] int64 (device): flat indices into the [bs·B] block rows
+    process: torch.Tensor  # [bs, B] bool (cpu): block positions processed this step
+    masked: torch.Tensor  # [bs] int64 (cpu): masked candidates among them
+    rows: torch.Tensor  # [n] int64 (device): flat indices into the [bs·B] block rows, grouped by request, ascending
     row_counts: torch.Tensor  # [bs] int64 (cpu)
+    rightmost: torch.Tensor  # [bs] int64 (cpu): max(P), the rightmost processed block position
     window: torch.Tensor  # [bs] int64 (cpu): h + max(P) + 1
     processes_everything: bool  # P is every position of every block: the batch can run as SGLang built it
     eviction: EvictionInput | None  # None when no request may evict this step
@@ -26,60 +31,71 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
               min_batch_tokens: int = 0) -> StepPlan:
     """`masked` [bs, B] bool (cpu) is the block mask before the step; `prefix_lens` [bs] (cpu) the committed h.
 
-    A batch processing fewer than `min_batch_tokens` rows is too small to be compute-bound: no request evicts.
+    A batch processing fewer than `min_batch_tokens` rows is too small to be compute-bound: no request evicts
+    (see `worth_evicting`).
     """
-    bs, block = masked.shape
-    positions = [processing_positions(s, delayed_cache=delayed_cache) for s in states]
-    masked_rows = masked.tolist()
-    candidates = [[p for p in pos if masked_rows[r][p]] for r, pos in enumerate(positions)]
-    counts = torch.tensor([len(p) for p in positions], dtype=torch.int64)
-    window = prefix_lens.to(torch.int64) + torch.tensor([p[-1] + 1 for p in positions], dtype=torch.int64)
-    rows = torch.tensor([r * block + p for r, pos in enumerate(positions) for p in pos], dtype=torch.int64)
-    worth_evicting = rows.shape[0] >= min_batch_tokens
+    block = masked.shape[1]
+    steps = torch.tensor([s.steps for s in states], dtype=torch.int64)
+    process = processing_mask(torch.tensor([s.uncached for s in states], dtype=torch.bool), steps,
+                              delayed_cache=delayed_cache)
+    flat_rows = torch.nonzero(process.view(-1)).squeeze(1)
+    counts = process.sum(dim=1)
+    rightmost = block - 1 - torch.argmax(process.flip(1).to(torch.int8), dim=1)
+    window = prefix_lens.to(torch.int64) + rightmost + 1
+    eviction = None
+    if worth_evicting(flat_rows.shape[0], min_batch_tokens):
+        eviction = _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alphas, device)
     return StepPlan(
-        positions=positions,
-        masked=[len(c) for c in candidates],
-        rows=rows.to(device),
+        process=process,
+        masked=(process & masked).sum(dim=1),
+        rows=flat_rows.to(device),
         row_counts=counts,
+        rightmost=rightmost,
         window=window,
-        processes_everything=bool((counts == block).all()),
-        eviction=(_eviction_input(states, positions, candidates, masked_rows, prefix_lens, alphas, device)
-                  if worth_evicting else None),
+        processes_everything=bool(process.all()),
+        eviction=eviction,
     )
 
 
-def _may_evict(state: FocusReqState, masked_row: list[bool]) -> bool:
-    """FOCUS never runs in prefill: the first step of a block that still holds prompt tokens."""
-    return not (state.steps == 0 and not all(masked_row))
+def worth_evicting(processed_rows: int, min_batch_tokens: int) -> bool:
+    """The memory-bound guard (spec §12.6): score and evict only when the step processes at least
+    `min_batch_tokens` block rows. Below that the forward costs about the same whatever its row count, so eviction
+    would save nothing and its evicted tokens would cost extra forwards. 0 disables the guard."""
+    return processed_rows >= min_batch_tokens
 
 
-def _eviction_input(states, positions, candidates, masked_rows, prefix_lens, alphas, device):
-    num_masked = torch.tensor([len(c) for c in candidates], dtype=torch.int64)
+def positions_of(plan: StepPlan) -> list[list[int]]:
+    """Per request, the processed block positions (ascending), as Python lists (for tests and debugging)."""
+    return [torch.nonzero(row).squeeze(1).tolist() for row in plan.process]
+
+
+def _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alphas, device):
+    block = process.shape[1]
+    candidates = process & masked  # [bs, B]
+    num_masked = candidates.sum(dim=1)
     averages = kernels.average_decoded(torch.tensor([s.unmasked for s in states], dtype=torch.int64),
                                        torch.tensor([s.decoding_steps for s in states], dtype=torch.int64))
     budget = kernels.budget_targets(num_masked, averages, torch.tensor(alphas, dtype=torch.float64))
-    allowed = torch.tensor([_may_evict(s, m) for s, m in zip(states, masked_rows)])
-    evict = budget.evict & allowed
+    # FOCUS never runs in prefill: the first step of a block that still holds prompt tokens.
+    in_prefill = (steps == 0) & ~masked.all(dim=1)
+    evict = budget.evict & ~in_prefill
     if not bool(evict.any()):
         return None
-    row_of = {}
-    for r, pos in enumerate(positions):
-        for p in pos:
-            row_of[(r, p)] = len(row_of)
-    cand_rows = [row_of[(r, p)] for r, cands in enumerate(candidates) for p in cands]
+    row_req, row_pos = flat_rows // block, flat_rows % block
+    is_candidate = candidates.view(-1)[flat_rows]  # [n] bool, per processing row
+    cand_rows = torch.nonzero(is_candidate).squeeze(1)
     cand_cu = torch.zeros(len(states) + 1, dtype=torch.int32)
     cand_cu[1:] = torch.cumsum(num_masked, 0)
-    as_device = lambda values, dtype: torch.tensor(values, dtype=dtype).to(device)  # noqa: E731
     return EvictionInput(
-        cand_rows=as_device(cand_rows, torch.int64),
+        cand_rows=cand_rows.to(device),
         cand_cu=cand_cu.to(device),
-        cand_pos=as_device([p for cands in candidates for p in cands], torch.int32),
+        cand_pos=row_pos[cand_rows].to(torch.int32).to(device),
         target=budget.target.to(torch.int32).to(device),
         evict=evict.to(device),
-        progress=as_device([s.progress for s in states], torch.int32),
-        row_req=as_device([r for r, pos in enumerate(positions) for _ in pos], torch.int64),
-        row_pos=as_device([p for pos in positions for p in pos], torch.int64),
-        prefix_lens=prefix_lens.to(torch.int64).to(device),
+        progress=torch.tensor([s.progress for s in states], dtype=torch.int32).to(device),
+        row_req=row_req,
+        row_pos=row_pos,
+        cand_rows_cpu=cand_rows,
+        prefix_lens=prefix_lens.to(torch.int64),
         max_m=max(1, int(num_masked.max())),
     )
-

@@ -17,19 +17,24 @@ def candidate_importance(q: torch.Tensor, k: torch.Tensor, inp: EvictionInput, *
 
 
 def plan_retention(delta: torch.Tensor, inp: EvictionInput) -> RetainPlan:
-    """Keep every non-mask row, and the candidates select_enforce keeps; recount rows and windows."""
+    """Keep every non-mask row, and the candidates select_enforce keeps; recount rows and windows.
+
+    The step's one host synchronisation: the candidates' keep mask is copied to the host, where the kept rows,
+    their counts and windows are derived from the plan's host tensors; only the kept row indices go back.
+    """
     keep_candidates = kernels.select_enforce(delta, inp.cand_pos, inp.cand_cu, inp.target, inp.evict,
-                                             inp.progress, max_m=inp.max_m)
-    keep = torch.ones(inp.row_req.shape[0], dtype=torch.bool, device=delta.device)
-    keep[inp.cand_rows] = keep_candidates
-    return plan_from_keep_mask(keep, inp)
+                                             inp.progress, max_m=inp.max_m).cpu()
+    keep = torch.ones(inp.row_req.shape[0], dtype=torch.bool)
+    keep[inp.cand_rows_cpu] = keep_candidates
+    return plan_from_keep_mask(keep, inp, device=delta.device)
 
 
-def plan_from_keep_mask(keep: torch.Tensor, inp: EvictionInput) -> RetainPlan:
+def plan_from_keep_mask(keep: torch.Tensor, inp: EvictionInput, *, device: torch.device) -> RetainPlan:
+    """`keep` [n] bool (host) over the processing rows → RetainPlan (kept_rows uploaded to `device`)."""
     kept_rows = torch.nonzero(keep).squeeze(1)
     bs = inp.prefix_lens.shape[0]
     kept_req = inp.row_req[kept_rows]
-    kept_counts = torch.bincount(kept_req, minlength=bs)
-    rightmost = torch.full((bs,), -1, dtype=torch.int64, device=keep.device)
+    rightmost = torch.full((bs,), -1, dtype=torch.int64)
     rightmost.scatter_reduce_(0, kept_req, inp.row_pos[kept_rows], reduce="amax")
-    return RetainPlan(kept_rows=kept_rows, kept_counts=kept_counts, window=inp.prefix_lens + rightmost + 1)
+    return RetainPlan(kept_rows=kept_rows.to(device), kept_counts=torch.bincount(kept_req, minlength=bs),
+                      rightmost=rightmost, window=inp.prefix_lens + rightmost + 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-import msgspec
 import torch
 from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
 from sglang.srt.dllm.config import DllmConfig
@@ -15,9 +14,9 @@ from sglang_focus.forward.attention import prefer_paged_attention
 from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
 from sglang_focus.forward.plan import StepPlan, plan_step
 from sglang_focus.forward.sub_batch import rows_batch
-from sglang_focus.stats import STEP_KEY, FocusStats
+from sglang_focus.stats import COUNT_FIELDS, STEP_KEY
 from sglang_focus.structs import FocusReqState
-from sglang_focus.unmasking.delayed_cache import caching_rule, record_step
+from sglang_focus.unmasking.delayed_cache import apply_caching_rule, record_step
 from sglang_focus.unmasking.low_confidence import unmask_kept_rows
 
 class Focus(LowConfidence):
@@ -64,6 +63,8 @@ class Focus(LowConfidence):
         return validate_request(req)
 
     def run(self, model_runner, forward_batch, algo_states: Optional[List[Any]] = None):
+        """One denoising forward for the batch. Host synchronisations: the block mask before the forward, the keep
+        mask inside layer 1 (evictable steps only), and the new ids after it, which SGLang needs as lists."""
         if not self.fdfo:
             raise RuntimeError("FOCUS needs FDFO scheduling (do not pass --no-dllm-fdfo)")
         bs, block = forward_batch.batch_size, self.block_size
@@ -80,17 +81,18 @@ class Focus(LowConfidence):
         kept_rows, kept_counts, rightmost = self._retained(batch, plan)
         new_ids = unmask_kept_rows(ids, masked_dev, out.logits_output.full_logits, plan.rows[kept_rows],
                                    mask_id=self.mask_id, threshold=self.threshold)
-        newly = (masked_dev & (new_ids != ids)).sum(dim=1).tolist()  # before ids (a view) is overwritten
         forward_batch.input_ids.copy_(new_ids.view(-1))
-        stats = [_step_delta(int(plan.row_counts[r]), kept_counts[r], plan.masked[r], newly[r]) for r in range(bs)]
-        for r, state in enumerate(states):
-            caching_rule(state, masked[r].tolist())
-            record_step(state, newly_unmasked=newly[r], rightmost_kept=rightmost[r])
-        out.logits_output.customized_info = {STEP_KEY: stats}
+        new_ids_host = new_ids.cpu()
+        # A decoded position never holds the mask id (the LM head's mask column is -inf).
+        newly = (masked & (new_ids_host != self.mask_id)).sum(dim=1)
+        out.logits_output.customized_info = {STEP_KEY: _step_deltas(plan, kept_counts, newly)}
+        apply_caching_rule(states, masked)
+        for state, unmasked, right in zip(states, newly.tolist(), rightmost.tolist()):
+            record_step(state, newly_unmasked=unmasked, rightmost_kept=right)
         done = (masked.sum(dim=1) == 0).tolist()
         states_out = [None if done[r] else states[r] for r in range(bs)]
-        return (out.logits_output, forward_batch.input_ids.view(bs, block).tolist(),
-                [block if d else 0 for d in done], states_out, out.can_run_graph)
+        return (out.logits_output, new_ids_host.tolist(), [block if d else 0 for d in done], states_out,
+                out.can_run_graph)
 
     def _to_decode(self, forward_batch, ids: torch.Tensor) -> torch.Tensor:
         """[bs, B] positions still to decode: mask ids, except literal mask ids of the prompt (SGLang marks those
@@ -119,19 +121,19 @@ class Focus(LowConfidence):
         return batch
 
     @staticmethod
-    def _retained(batch, plan: StepPlan) -> tuple[torch.Tensor, list[int], list[int]]:
-        """Kept rows of the step batch, kept count and rightmost kept block position per request."""
+    def _retained(batch, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Kept rows of the step batch (device), kept count and rightmost kept block position per request (host)."""
         retained = batch.model_specific_states.get(FOCUS_RESULT_KEY) if plan.eviction is not None else None
         if retained is None:
             all_rows = torch.arange(plan.rows.shape[0], device=plan.rows.device)
-            return all_rows, plan.row_counts.tolist(), [pos[-1] for pos in plan.positions]
-        prefix = plan.window - torch.tensor([pos[-1] + 1 for pos in plan.positions])
-        rightmost = retained.window.cpu() - prefix - 1
-        return retained.kept_rows, retained.kept_counts.cpu().tolist(), rightmost.tolist()
+            return all_rows, plan.row_counts, plan.rightmost
+        return retained.kept_rows, retained.kept_counts, retained.rightmost
 
 
-def _step_delta(processed: int, kept: int, masked: int, unmasked: int) -> dict[str, int]:
-    """One request's FocusStats for one forward, as the plain dict the scheduler hook sums."""
-    delta = FocusStats(forwards=1, processed=processed, kept=kept, evicted=processed - kept, masked=masked,
-                       unmasked=unmasked)
-    return msgspec.structs.asdict(delta)
+def _step_deltas(plan: StepPlan, kept: torch.Tensor, unmasked: torch.Tensor) -> list[dict[str, int]]:
+    """Each request's FocusStats for one forward, as the plain dicts the scheduler hook sums."""
+    processed = plan.row_counts
+    columns = {"forwards": torch.ones_like(processed), "processed": processed, "kept": kept,
+               "evicted": processed - kept, "masked": plan.masked, "unmasked": unmasked}
+    rows = torch.stack([columns[name].to(torch.int64) for name in COUNT_FIELDS], dim=1).tolist()
+    return [dict(zip(COUNT_FIELDS, row)) for row in rows]

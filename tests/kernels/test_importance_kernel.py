@@ -79,7 +79,7 @@ def test_triton_handles_head_dim_over_one_chunk_and_strided_views(device):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
 def test_each_request_sums_to_heads_times_candidates(device, backend):
     num_heads = 4
     q, k = random_qk(RAGGED_LENGTHS, num_heads, 2, HEAD_DIM, torch.float32, device)
@@ -106,7 +106,7 @@ def test_one_candidate_gets_all_the_mass_of_every_head(device):
 @pytest.mark.parametrize("lengths", [[], [0, 0]])
 def test_empty_batch_gives_empty_output(device, lengths):
     q, k = random_qk(lengths, 4, 2, HEAD_DIM, torch.float32, device)
-    for backend in ("triton", "torch"):
+    for backend in ("triton", "torch", "reference"):
         got = importance(q, k, offsets(lengths, device), sm_scale=1.0, max_m=0, backend=backend)
         assert got.shape == (0,) and got.dtype == torch.float32
 

@@ -8,7 +8,7 @@ import torch
 from sglang_focus.kernels import rightmost_kept, select_enforce
 
 BLOCK = 32
-BACKENDS = ["triton", "torch"]
+BACKENDS = ["triton", "torch", "reference"]
 
 
 def offsets(lengths, device):

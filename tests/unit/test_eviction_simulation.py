@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from sglang_focus.forward.plan import plan_step
+from sglang_focus.forward.plan import plan_step, positions_of
 from sglang_focus.forward.retain import plan_retention
 from sglang_focus.structs import FocusReqState
 from sglang_focus.unmasking.delayed_cache import caching_rule, record_step
@@ -51,13 +51,13 @@ def decode_block(seed: int, alpha: float, delayed_cache: bool, *, bs: int = 3):
 
 def kept_positions(plan, gen):
     if plan.eviction is None:
-        return plan.positions, [max(p) + 1 for p in plan.positions]
+        return positions_of(plan), [max(p) + 1 for p in positions_of(plan)]
     inp = plan.eviction
     delta = torch.randn(inp.cand_rows.shape[0], generator=gen)
     retained = plan_retention(delta, inp)
     kept_pos = inp.row_pos[retained.kept_rows]
     kept_req = inp.row_req[retained.kept_rows]
-    kept = [kept_pos[kept_req == r].tolist() for r in range(len(plan.positions))]
+    kept = [kept_pos[kept_req == r].tolist() for r in range(plan.process.shape[0])]
     windows = (retained.window - inp.prefix_lens).tolist()
     return kept, windows
 
@@ -68,7 +68,7 @@ def test_attended_slots_are_written_in_the_block(seed, delayed_cache):
     evicted_somewhere = False
     for plan, kept, windows, states, ids, written in decode_block(seed, 1.5, delayed_cache):
         for r, state in enumerate(states):
-            processed = set(plan.positions[r])
+            processed = set(positions_of(plan)[r])
             assert set(kept[r]) <= processed and kept[r] == sorted(kept[r])
             assert {p for p in processed if ids[r, p] != MASK} <= set(kept[r]), "a decoded token was evicted"
             assert kept[r], "the keep set is never empty"
@@ -84,7 +84,7 @@ def test_attended_slots_are_written_in_the_block(seed, delayed_cache):
 def test_large_alpha_never_evicts(seed):
     for plan, kept, *_ in decode_block(seed, float(BLOCK), True):
         assert plan.eviction is None
-        assert kept == plan.positions
+        assert kept == positions_of(plan)
 
 
 def test_first_step_of_a_block_targets_ceil_alpha():
