@@ -156,7 +156,8 @@ MANIFEST: tuple[Patch, ...] = (
             "SGLang's own algorithms report no per-request step counts.",
         how="Counts each request's masked positions before and after the unchanged FDFO round and attaches one "
             "stats delta per request (1 forward, whole block kept, 0 evicted) to logits_output.customized_info, "
-            "which the scheduler hook sums into meta_info[\"focus_stats\"]. FOCUS overrides `run`, so never passes here.",
+            "which the scheduler hook sums into meta_info[\"focus_stats\"]; times the round when "
+            "SGLANG_FOCUS_STEP_TIMES is set (benchmarks). FOCUS overrides `run`, so never passes here.",
         removal="An upstream per-request stats channel for dLLM algorithms.",
     ),
     Patch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sglang_focus.stats import STEP_KEY
+from sglang_focus.step_timing import STEP_TIMES
 
 
 def _positions_to_decode(algorithm, forward_batch) -> torch.Tensor:
@@ -24,10 +25,13 @@ def count_stock_decoding_steps(original, algorithm, model_runner, forward_batch,
     whole block processed and kept, nothing evicted, the masked positions before the step and how many of them the
     step decoded. The scheduler hook turns the deltas into `meta_info["focus_stats"]`, so a stock arm reports tokens
     per forward the same way as FOCUS. Costs one host sync of two [bs] counts per forward. Leaves results that
-    already carry step stats alone. Returns the original's result.
+    already carry step stats alone. Times the round as the `step` section of sglang_focus.step_timing (a no-op
+unless SGLANG_FOCUS_STEP_TIMES is set). Returns the original's result.
     """
-    before = _positions_to_decode(algorithm, forward_batch)
-    result = original(algorithm, model_runner, forward_batch, algo_states)
+    with STEP_TIMES.section("step"):
+        before = _positions_to_decode(algorithm, forward_batch)
+        result = original(algorithm, model_runner, forward_batch, algo_states)
+    STEP_TIMES.end_step()
     logits_output = result[0]
     info = getattr(logits_output, "customized_info", None)
     if info is not None and STEP_KEY in info:

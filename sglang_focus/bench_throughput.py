@@ -31,8 +31,10 @@ from tqdm import tqdm
 
 from sglang_focus import arms, tasks
 from sglang_focus.bench_accuracy import completion_text, problem_payload
-from sglang_focus.local_server import LocalServer, ServerStartError
+from sglang_focus.local_server import LocalServer, ServerStartError, cuda_available
+from sglang_focus.step_timing import read_snapshot, snapshot_difference
 
+STEP_TIMES_ENV = "SGLANG_FOCUS_STEP_TIMES"
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks"
 
 
@@ -44,6 +46,7 @@ class Workload(NamedTuple):
 class Round(NamedTuple):
     seconds: float
     replies: list[dict]
+    step_times: dict | None  # scheduler step timings accumulated during the round (sglang_focus.step_timing)
 
 
 def task_workload(model_path: Path, n: int, max_new_tokens: int) -> Workload:
@@ -64,11 +67,28 @@ def file_workload(path: Path, n: int, max_new_tokens: int) -> Workload:
                      for p in prompts], None)
 
 
-def run_round(base_url: str, payloads: Sequence[dict]) -> Round:
+def run_round(server: LocalServer, payloads: Sequence[dict]) -> Round:
     """All `payloads` at once; wall time from the first send to the last reply."""
+    timings = server.extra_env.get(STEP_TIMES_ENV)
+    before = read_snapshot(timings) if timings else None
     began = time.perf_counter()
-    replies = arms.run_requests(base_url, payloads, concurrency=len(payloads), desc="", quiet=True)
-    return Round(time.perf_counter() - began, replies)
+    replies = arms.run_requests(server.base_url, payloads, concurrency=len(payloads), desc="", quiet=True)
+    seconds = time.perf_counter() - began
+    return Round(seconds, replies, snapshot_difference(read_snapshot(timings), before) if timings else None)
+
+
+def step_time_fields(rounds: Sequence[Round]) -> dict:
+    """Mean wall time of one denoising step (forward + unmasking) and, for FOCUS, the selection's share of the
+    model forward; None without step timings."""
+    timed = [rnd.step_times for rnd in rounds if rnd.step_times is not None]
+    steps = sum(t["steps"] for t in timed)
+    if not steps:
+        return {"mean_step_ms": None, "selection_share": None, "evictable_step_share": None}
+    seconds = {name: sum(t["seconds"][name] for t in timed) for name in timed[0]["seconds"]}
+    forward = seconds["model_forward"]
+    return {"mean_step_ms": 1000 * seconds["step"] / steps,
+            "selection_share": seconds["selection"] / forward if forward else None,
+            "evictable_step_share": sum(t["evictable_steps"] for t in timed) / steps if forward else None}
 
 
 def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Workload, tokenizer: Tokenizer | None,
@@ -87,6 +107,7 @@ def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Wor
         "masked_kept_ratio": ((stats["kept"] - stats["processed"] + stats["masked"]) / stats["masked"]
                               if stats["masked"] else None),
         "accuracy": None,
+        **step_time_fields(rounds),
     }
     if workload.problems is not None and tokenizer is not None:
         problems = workload.problems[:batch_size] * len(rounds)
@@ -108,13 +129,13 @@ def measure(servers: dict[str, LocalServer], workload: Workload, batch_sizes: Se
         for batch_size in batch_sizes:
             payloads = workload.payloads[:batch_size]
             for server in servers.values():  # warm-up, not counted
-                run_round(server.base_url, payloads)
+                run_round(server, payloads)
                 bar.update()
             rounds: dict[str, list[Round]] = {arm: [] for arm in servers}
             for rep in range(repeats):
                 order = list(servers) if rep % 2 == 0 else list(servers)[::-1]
                 for arm in order:
-                    rounds[arm].append(run_round(servers[arm].base_url, payloads))
+                    rounds[arm].append(run_round(servers[arm], payloads))
                     bar.set_postfix(batch=batch_size, arm=arm)
                     bar.update()
             for arm in servers:
@@ -140,15 +161,16 @@ def speedups(records: Sequence[dict], num_layers: int) -> list[dict]:
 def markdown_table(records: Sequence[dict], gains: Sequence[dict]) -> str:
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     gain = {g["batch_size"]: g for g in gains}
-    lines = ["| batch | arm | output tok/s | req/s | forwards/req | tok/forward | kept (all / masked) | accuracy "
-             "| FOCUS/stock | bound L/(2+(L-2)k) | share of bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| batch | arm | output tok/s | req/s | forwards/req | tok/forward | kept (all / masked) | step ms "
+             "| selection share | accuracy | FOCUS/stock | bound L/(2+(L-2)k) | share of bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         g = gain.get(r["batch_size"]) if r["arm"] == "focus" else None
         lines.append(
             f"| {r['batch_size']} | {r['arm']} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f} "
             f"| {r['forwards_per_request']:.1f} | {fmt(r['tokens_per_forward'], '.2f')} "
             f"| {fmt(r['kept_ratio'], '.2f')} / {fmt(r['masked_kept_ratio'], '.2f')} "
+            f"| {fmt(r.get('mean_step_ms'), '.1f')} | {fmt(r.get('selection_share'), '.1%')} "
             f"| {fmt(None if r['accuracy'] is None else 100 * r['accuracy'], '.1f')} "
             f"| {fmt(g and g['speedup'], '.2f')} | {fmt(g and g['bound'], '.2f')} "
             f"| {fmt(g and g['share_of_bound'], '.0%')} |")
@@ -192,6 +214,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")
     p.add_argument("--out", type=Path, default=Path(".cache/bench-throughput"))
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"))
+    p.add_argument("--step-times", action=argparse.BooleanOptionalAction, default=None,
+                   help="time every denoising step in the servers (default: on without a GPU; on a GPU it "
+                        "synchronises the device at each section, so it is off unless asked for)")
     args = p.parse_args(argv)
     try:
         args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
@@ -210,6 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
     cfg_dir, largest = arms.config_dir(), max(args.batch_sizes)
+    timed = args.step_times if args.step_times is not None else not cuda_available()
     pool = str(max(8192, 2 * largest * (256 + args.max_new_tokens)))
     servers = {}
     try:
@@ -218,7 +244,10 @@ def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
                                                max_running=largest, dtype=args.dtype,
                                                extra=["--max-total-tokens", pool])
             print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
-            servers[arm] = LocalServer(args.model_path, server_args,
+            env = {STEP_TIMES_ENV: str((args.log_dir / f"step-times-{arm}.json").resolve())} if timed else {}
+            if env:
+                Path(env[STEP_TIMES_ENV]).unlink(missing_ok=True)
+            servers[arm] = LocalServer(args.model_path, server_args, env=env,
                                        log_path=args.log_dir / f"throughput-{arm}.log").start()
     except ServerStartError as err:
         for server in servers.values():

@@ -12,3 +12,8 @@ def _flag(name: str) -> bool:
 def is_cpu_engine() -> bool:
     """SGLang's own switch for running on the CPU (SGLANG_USE_CPU_ENGINE)."""
     return _flag("SGLANG_USE_CPU_ENGINE")
+
+
+def step_times_path() -> str | None:
+    """SGLANG_FOCUS_STEP_TIMES: file the scheduler keeps the denoising step timings in (off when unset)."""
+    return os.environ.get("SGLANG_FOCUS_STEP_TIMES") or None

@@ -43,9 +43,10 @@ class LocalServer:
     """One SGLang server process tree; use as a context manager or call start()/stop()."""
 
     def __init__(self, model_path: str | Path, args: Sequence[str] = (), *, log_path: str | Path | None = None,
-                 startup_timeout: float = 300.0):
+                 startup_timeout: float = 300.0, env: dict[str, str] | None = None):
         self.model_path = str(model_path)
         self.args = list(args)
+        self.extra_env = dict(env or {})  # added to the server's environment
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else None
@@ -65,6 +66,7 @@ class LocalServer:
         env = dict(os.environ)
         if not cuda_available():
             env.update(CPU_ENV)
+        env.update(self.extra_env)
         self._log_file = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)

@@ -19,6 +19,7 @@ from sglang.srt.model_executor.forward_context import forward_context, get_forwa
 from sglang_focus.forward.attention import replan_attention
 from sglang_focus.forward.retain import candidate_importance, plan_retention
 from sglang_focus.forward.sub_batch import rows_batch
+from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import EvictionInput, RetainPlan
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def _layer_scoring_candidates(adapter, layer, positions, hidden, batch, inp) -> 
     attn = adapter.attention(layer)
     normed = layer.attn_boundary.prepare(hidden, batch)
     q, k, v = adapter.project_qkv(attn, positions, normed, batch)
-    importance = candidate_importance(q, k, inp, **adapter.head_shape(attn))
+    with STEP_TIMES.section("selection"):
+        importance = candidate_importance(q, k, inp, **adapter.head_shape(attn))
     out = adapter.attention_output(attn, attn.attn(q, k, v, batch))
     hidden = layer.attn_boundary.finish(out, batch)
     hidden = adapter.mlp(layer, layer.ffn_boundary.prepare(hidden, batch), batch)
@@ -71,9 +73,10 @@ def _layer1_with_eviction(adapter, layer, positions, layer0: Scored, batch, inp)
     normed = layer.attn_boundary.prepare(layer0.hidden, batch)
     q, k, v = adapter.project_qkv(attn, positions, normed, batch)
     _write_kv(attn.attn, batch.out_cache_loc, k, v)
-    importance = candidate_importance(q, k, inp, **adapter.head_shape(attn))
-    plan = plan_retention(importance - layer0.importance, inp)
-    kept_batch = _kept_rows_batch(batch, plan)
+    with STEP_TIMES.section("selection"):
+        importance = candidate_importance(q, k, inp, **adapter.head_shape(attn))
+        plan = plan_retention(importance - layer0.importance, inp)
+        kept_batch = _kept_rows_batch(batch, plan)
     rows = plan.kept_rows
     with forward_context(get_forward_context(), forward_batch=kept_batch):
         out = attn.attn(q[rows], k[rows], v[rows], kept_batch, save_kv_cache=False)

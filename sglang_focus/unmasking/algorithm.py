@@ -15,6 +15,7 @@ from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
 from sglang_focus.forward.plan import StepPlan, plan_step
 from sglang_focus.forward.sub_batch import rows_batch
 from sglang_focus.stats import COUNT_FIELDS, STEP_KEY
+from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import FocusReqState
 from sglang_focus.unmasking.delayed_cache import apply_caching_rule, record_step
 from sglang_focus.unmasking.low_confidence import unmask_kept_rows
@@ -67,17 +68,25 @@ class Focus(LowConfidence):
         mask inside layer 1 (evictable steps only), and the new ids after it, which SGLang needs as lists."""
         if not self.fdfo:
             raise RuntimeError("FOCUS needs FDFO scheduling (do not pass --no-dllm-fdfo)")
+        with STEP_TIMES.section("step"):
+            result, evictable = self._step(model_runner, forward_batch, algo_states)
+        STEP_TIMES.end_step(evictable=evictable)
+        return result
+
+    def _step(self, model_runner, forward_batch, algo_states):
         bs, block = forward_batch.batch_size, self.block_size
         states = [s if isinstance(s, FocusReqState) else FocusReqState.fresh(block)
                   for s in (algo_states or [None] * bs)]
         ids = forward_batch.input_ids.view(bs, block)
         masked_dev = self._to_decode(forward_batch, ids)
         masked = masked_dev.cpu()
-        plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu), self._alphas(forward_batch),
-                         delayed_cache=self.focus_config.delayed_cache, device=ids.device,
-                         min_batch_tokens=self.focus_config.min_batch_tokens)
-        batch = self._step_batch(forward_batch, plan, model_runner.attn_backend)
-        out = model_runner.forward(batch, pp_proxy_tensors=None)
+        with STEP_TIMES.section("plan"):
+            plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu),
+                             self._alphas(forward_batch), delayed_cache=self.focus_config.delayed_cache,
+                             device=ids.device, min_batch_tokens=self.focus_config.min_batch_tokens)
+            batch = self._step_batch(forward_batch, plan, model_runner.attn_backend)
+        with STEP_TIMES.section("model_forward"):
+            out = model_runner.forward(batch, pp_proxy_tensors=None)
         kept_rows, kept_counts, rightmost = self._retained(batch, plan)
         new_ids = unmask_kept_rows(ids, masked_dev, out.logits_output.full_logits, plan.rows[kept_rows],
                                    mask_id=self.mask_id, threshold=self.threshold)
@@ -91,8 +100,9 @@ class Focus(LowConfidence):
             record_step(state, newly_unmasked=unmasked, rightmost_kept=right)
         done = (masked.sum(dim=1) == 0).tolist()
         states_out = [None if done[r] else states[r] for r in range(bs)]
-        return (out.logits_output, new_ids_host.tolist(), [block if d else 0 for d in done], states_out,
-                out.can_run_graph)
+        result = (out.logits_output, new_ids_host.tolist(), [block if d else 0 for d in done], states_out,
+                  out.can_run_graph)
+        return result, plan.eviction is not None
 
     def _to_decode(self, forward_batch, ids: torch.Tensor) -> torch.Tensor:
         """[bs, B] positions still to decode: mask ids, except literal mask ids of the prompt (SGLang marks those

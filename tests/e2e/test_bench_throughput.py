@@ -44,7 +44,11 @@ def test_small_run_writes_table_json_and_plot(tmp_path):
     for r in saved["records"]:
         assert r["threshold"] == 0.8 and r["output_throughput"] > 0 and 0.0 <= r["accuracy"] <= 1.0
         assert r["tokens_per_forward"] >= 1.0
+        assert r["mean_step_ms"] > 0, "step timings are on by default without a GPU"
         if r["arm"] == "stock":
             assert r["kept_ratio"] == 1.0 and r["masked_kept_ratio"] == 1.0, "stock never evicts"
+            assert r["selection_share"] is None
+        else:
+            assert 0.0 < r["selection_share"] < 1.0 and 0.0 < r["evictable_step_share"] <= 1.0
     assert [g["batch_size"] for g in saved["speedups"]] == [1, 4]
     assert (tmp_path / "throughput.png").stat().st_size > 10_000
