@@ -11,6 +11,8 @@ import torch
 
 from .reference import check_ragged, list_max_pool3
 
+SCORE_CHUNK_ELEMENTS = 1 << 18  # fp32 scores per importance chunk (1 MiB)
+
 
 class Padding(NamedTuple):
     index: torch.Tensor  # [R, M] int64: flat candidate index of slot (r, j), 0 where invalid
@@ -30,22 +32,45 @@ def padding(cu_seqlens: torch.Tensor, max_m: int) -> Padding:
 def importance_batched(
     q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, *, sm_scale: float, max_m: int
 ) -> torch.Tensor:
-    """``importance_reference`` for a whole batch at once: fp32 ``I[total_m]``."""
-    check_ragged(cu_seqlens)
-    total = q.shape[0]
-    if total == 0:
+    """``importance_reference`` for a whole batch: fp32 ``I[total_m]``.
+
+    Requests go in chunks whose [H, M, M] score tiles total about ``SCORE_CHUNK_ELEMENTS`` floats, so the several
+    passes over the scores stay in cache (one chunk for a small model's whole batch; a few requests for SDAR-8B).
+    """
+    num_req = check_ragged(cu_seqlens)
+    if q.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float32, device=q.device)
-    group = q.shape[1] // k.shape[1]
+    per_request = q.shape[1] * max(max_m, 1) ** 2
+    chunk = max(1, SCORE_CHUNK_ELEMENTS // per_request)
+    bounds = cu_seqlens.tolist()
+    parts = []
+    for first in range(0, num_req, chunk):
+        last = min(first + chunk, num_req)
+        if bounds[last] == bounds[first]:
+            continue  # only empty requests
+        rows = slice(bounds[first], bounds[last])
+        parts.append(_importance_padded(q[rows], k[rows], cu_seqlens[first:last + 1] - bounds[first],
+                                        sm_scale=sm_scale, max_m=max_m))
+    return torch.cat(parts)
+
+
+def _importance_padded(q, k, cu_seqlens, *, sm_scale: float, max_m: int) -> torch.Tensor:
     pad = padding(cu_seqlens, max_m)
-    q_pad = q.float()[pad.index]  # [R, M, H, d]
-    k_pad = k.float()[pad.index].repeat_interleave(group, dim=2)  # [R, M, H, d]
-    scores = torch.einsum("rahd,rbhd->rhab", q_pad, k_pad) * sm_scale  # [R, H, M(query), M(key)]
-    key_valid = pad.valid[:, None, None, :]
-    scores = scores.masked_fill(~key_valid, float("-inf"))
-    pooled = list_max_pool3(scores).masked_fill(~key_valid, float("-inf"))  # a pad key must not inherit a neighbour
-    weights = torch.softmax(pooled, dim=-1)
-    weights = torch.where(key_valid & pad.valid[:, None, :, None], weights, torch.zeros_like(weights))
-    return weights.sum(dim=(1, 2))[pad.valid]
+    num_req, width = pad.valid.shape
+    heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
+    group = heads // kv_heads
+    flat = pad.index.reshape(-1)
+    # Query heads of one KV head side by side: [R, H_kv, group·M, d] against keys [R, H_kv, d, M], no repeat of k.
+    q_pad = q.index_select(0, flat).float().view(num_req, width, kv_heads, group, head_dim)
+    q_pad = q_pad.permute(0, 2, 3, 1, 4).reshape(num_req, kv_heads, group * width, head_dim)
+    k_pad = k.index_select(0, flat).float().view(num_req, width, kv_heads, head_dim).permute(0, 2, 3, 1)
+    key_bias = torch.zeros(num_req, 1, 1, width, device=q.device)
+    key_bias.masked_fill_(~pad.valid[:, None, None, :], float("-inf"))
+    scores = torch.matmul(q_pad, k_pad).mul_(sm_scale).add_(key_bias)
+    pooled = list_max_pool3(scores).add_(key_bias)  # a pad key must not inherit its neighbour's score
+    weights = torch.softmax(pooled, dim=-1).view(num_req, kv_heads, group, width, width).sum(dim=(1, 2))
+    weights = torch.where(pad.valid[:, :, None] & pad.valid[:, None, :], weights, torch.zeros_like(weights))
+    return weights.sum(dim=1)[pad.valid]
 
 
 def select_enforce_batched(
