@@ -12,7 +12,7 @@ import platform
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import requests
 import yaml
@@ -23,6 +23,31 @@ from sglang_focus.config import FocusConfig
 ARMS = ("stock", "focus")
 DEFAULT_ALPHA = FocusConfig().alpha
 DEFAULT_THRESHOLD = FocusConfig().threshold
+DEFAULT_MIN_BATCH_TOKENS = FocusConfig().min_batch_tokens
+
+
+def add_min_batch_tokens_flag(parser) -> None:
+    """`--min-batch-tokens N`: the FOCUS memory-bound guard for the focus arm (default: FOCUS's own)."""
+    parser.add_argument("--min-batch-tokens", type=_non_negative_int, default=None, metavar="N",
+                        help="FOCUS skips eviction in steps processing fewer block rows than N; 0 = always evict "
+                             f"(default: FOCUS's default, {DEFAULT_MIN_BATCH_TOKENS})")
+
+
+def _non_negative_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def focus_options(args) -> dict:
+    """The focus arm's extra YAML keys from the parsed flags."""
+    return {} if args.min_batch_tokens is None else {"min_batch_tokens": args.min_batch_tokens}
 
 
 class BenchRequestError(RuntimeError):
@@ -30,15 +55,18 @@ class BenchRequestError(RuntimeError):
 
 
 def arm_server_args(arm: str, *, threshold: float, alpha: float, config_dir: Path, max_running: int,
-                    dtype: str = "auto", extra: Sequence[str] = ()) -> list[str]:
-    """launch_server flags for `arm`; writes the algorithm's YAML config into `config_dir`."""
+                    dtype: str = "auto", extra: Sequence[str] = (),
+                    focus_options: Mapping[str, object] | None = None) -> list[str]:
+    """launch_server flags for `arm`; writes the algorithm's YAML config into `config_dir`.
+
+    `focus_options`: further FOCUS YAML keys (e.g. min_batch_tokens) for the focus arm only."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     common = ["--max-running-requests", str(max_running), "--dtype", dtype, *extra]
     if arm == "stock":
         cfg = _write_yaml(config_dir / "stock.yaml", {"threshold": threshold})
         return ["--dllm-algorithm", "LowConfidence", "--dllm-algorithm-config", cfg, *common]
-    cfg = _write_yaml(config_dir / "focus.yaml", {"threshold": threshold, "alpha": alpha})
+    cfg = _write_yaml(config_dir / "focus.yaml", {"threshold": threshold, "alpha": alpha, **(focus_options or {})})
     return ["--focus", "--focus-config", cfg, *common]
 
 

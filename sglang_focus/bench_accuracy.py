@@ -61,7 +61,8 @@ def score_arm(arm: str, problems: Sequence[tasks.Problem], completions: Sequence
 def run_arm(arm: str, args: argparse.Namespace, payloads: Sequence[dict], cfg_dir: Path) -> tuple[list[dict], float]:
     """Serve `arm`, answer every payload, stop the server; (replies, seconds spent answering)."""
     server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
-                                       max_running=args.max_running, dtype=args.dtype)
+                                       max_running=args.max_running, dtype=args.dtype,
+                                       focus_options=arms.focus_options(args))
     log = args.log_dir / f"server-{arm}.log"
     print(f"[{arm}] starting the server (log: {log})", flush=True)
     with LocalServer(args.model_path, server_args, log_path=log) as server:
@@ -90,6 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", default="0", help="held-out sample seed")
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for both arms")
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α")
+    arms.add_min_batch_tokens_flag(p)
     p.add_argument("--arms", nargs="+", choices=arms.ARMS, default=list(arms.ARMS))
     p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
     p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")

@@ -211,6 +211,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="counted rounds per batch size and arm")
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for both arms")
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α")
+    arms.add_min_batch_tokens_flag(p)
     p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")
     p.add_argument("--out", type=Path, default=Path(".cache/bench-throughput"))
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"))
@@ -242,7 +243,8 @@ def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
         for arm in arms.ARMS:
             server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
                                                max_running=largest, dtype=args.dtype,
-                                               extra=["--max-total-tokens", pool])
+                                               extra=["--max-total-tokens", pool],
+                                               focus_options=arms.focus_options(args))
             print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
             env = {STEP_TIMES_ENV: str((args.log_dir / f"step-times-{arm}.json").resolve())} if timed else {}
             if env:
@@ -275,12 +277,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             server.stop()
     gains = speedups(records, num_layers)
     result = {"model": args.model_path.name, "num_layers": num_layers, "threshold": args.threshold,
-              "alpha": args.alpha, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+              "alpha": args.alpha, "min_batch_tokens": (args.min_batch_tokens if args.min_batch_tokens is not None
+                                                        else arms.DEFAULT_MIN_BATCH_TOKENS), "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
               "dtype": args.dtype, "prompts": str(args.prompts) if args.prompts else "heldout task problems",
               "records": records, "speedups": gains, "hardware": arms.hardware()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    title = f"{args.model_path.name}, τ = {args.threshold}, α = {args.alpha}, {result['hardware']['device']}"
+    title = (f"{args.model_path.name}, τ = {args.threshold}, α = {args.alpha}, "
+             f"min_batch_tokens = {result['min_batch_tokens']}, {result['hardware']['device']}")
     save_plot(records, gains, args.out / "throughput.png", title)
     print(f"\n{title}; {args.repeats} counted rounds per cell, warm-up excluded\n")
     print(markdown_table(records, gains))

@@ -4,12 +4,16 @@ Starts `python -m sglang.launch_server --model-path models/sdar-tasks --focus` o
 problem of each task through an SGLang frontend program (`sgl.gen()`, run as a batch) and one through the OpenAI
 chat API, prints each answer with a mark saying whether it is exactly right (and the expected answer when it is
 not) plus FOCUS's per-request stats, then stops the server. `--model-path` serves another checkpoint of the suite.
+
+The demo's batch is small (a few requests), below FOCUS's memory-bound guard (`min_batch_tokens`, 128 processed
+block rows by default), where a server would not evict; the demo turns the guard off so that eviction shows.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from sglang_focus.local_server import LocalServer, ServerStartError
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks"
 MAX_TOKENS = 64
 RIGHT, WRONG = "✓", "✗"
+DEMO_MIN_BATCH_TOKENS = 0  # evict at any batch size (see the module docstring)
 
 
 def solve_with_frontend_program(base_url: str, problems: list[tasks.Problem]) -> list[tuple[str, dict]]:
@@ -71,11 +76,16 @@ def main(argv: list[str] | None = None) -> None:
     args.log.parent.mkdir(parents=True, exist_ok=True)
     problems = tasks.generate("heldout", len(tasks.TASKS) + 1, seed=args.seed)
 
-    print(f"Starting: python -m sglang.launch_server --model-path {args.model_path} --focus  (log: {args.log})",
+    config = Path(tempfile.mkdtemp(prefix="sglang-focus-demo-")) / "focus.yaml"
+    config.write_text(f"min_batch_tokens: {DEMO_MIN_BATCH_TOKENS}\n")
+    print(f"Starting: python -m sglang.launch_server --model-path {args.model_path} --focus --focus-config {config}"
+          f"  (min_batch_tokens: {DEMO_MIN_BATCH_TOKENS}, so that this small batch evicts; log: {args.log})",
           flush=True)
     started = time.monotonic()
+    server_args = ["--focus", "--focus-config", str(config), "--max-running-requests", "8"]
     try:
-        server = LocalServer(args.model_path, ["--focus", "--max-running-requests", "8"], log_path=args.log).start()
+        server = LocalServer(args.model_path, server_args, log_path=args.log)
+        server.start()
     except ServerStartError as err:
         sys.exit(f"demo: error: {err}")
     with server:

@@ -53,8 +53,15 @@ def stock_args(tmp_path_factory) -> list[str]:
     return ["--dllm-algorithm", "LowConfidence", "--dllm-algorithm-config", cfg]
 
 
+# The suites send single requests and small batches, below FOCUS's memory-bound guard (min_batch_tokens), and
+# must exercise eviction there: their servers turn the guard off. The guard itself is tested with the shipped
+# default (tests/e2e/test_memory_bound_guard.py).
+ALWAYS_EVICT = {"min_batch_tokens": 0}
+
+
 def focus_args(tmp_path_factory, **options) -> list[str]:
-    cfg = write_yaml(tmp_path_factory.mktemp("focus_cfg") / "focus.yaml", {"threshold": THRESHOLD, **options})
+    cfg = write_yaml(tmp_path_factory.mktemp("focus_cfg") / "focus.yaml",
+                     {"threshold": THRESHOLD, **ALWAYS_EVICT, **options})
     return ["--focus", "--focus-config", cfg]
 
 
@@ -76,7 +83,7 @@ def sdar_stock_server(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sdar_focus_server(request, tmp_path_factory):
-    """FOCUS as shipped (alpha 1.5, delayed cache), with Prometheus metrics on."""
+    """FOCUS as shipped (alpha 1.5, delayed cache) but evicting at any batch size, with Prometheus metrics on."""
     return _server(request, tmp_path_factory, "tiny_sdar", "sdar_focus",
                    [*focus_args(tmp_path_factory), "--enable-metrics"])
 
@@ -135,7 +142,7 @@ def bundled_model() -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_servers(request, tmp_path_factory, bundled_model) -> dict[str, LocalServer]:
-    """{"stock": LowConfidence, "focus": FOCUS as shipped} on the bundled checkpoint, both with Prometheus metrics
+    """{"stock": LowConfidence, "focus": FOCUS as shipped, evicting at any batch size} on the bundled checkpoint, both with Prometheus metrics
     on, started side by side (start-up is mostly waiting on imports and health checks)."""
     arm_args = {"stock": stock_args(tmp_path_factory), "focus": focus_args(tmp_path_factory)}
     servers = {arm: LocalServer(bundled_model, [*args, "--enable-metrics", "--max-running-requests", str(MAX_RUNNING)],

@@ -28,6 +28,12 @@ def test_speedups_pair_the_arms_of_each_batch_size():
     assert gain["bound"] == pytest.approx(8 / 5) and gain["share_of_bound"] == pytest.approx(1.5 / 1.6)
 
 
+def test_negative_guard_threshold_is_one_clear_error():
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench_throughput", "--min-batch-tokens", "-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--min-batch-tokens: must be >= 0" in out.stderr
+
+
 def test_bad_batch_sizes_are_one_clear_error():
     out = subprocess.run([sys.executable, "-m", "sglang_focus.bench_throughput", "--batch-sizes", "1,x"],
                          capture_output=True, text=True, timeout=120)
@@ -36,7 +42,7 @@ def test_bad_batch_sizes_are_one_clear_error():
 
 def test_small_run_writes_table_json_and_plot(tmp_path):
     result = bt.main(["--batch-sizes", "1,4", "--repeats", "1", "--max-new-tokens", "32", "--out", str(tmp_path),
-                      "--log-dir", str(tmp_path)])
+                      "--log-dir", str(tmp_path), "--min-batch-tokens", "0"])
     saved = json.loads((tmp_path / "throughput.json").read_text())
     assert saved["records"] == result["records"]
     cells = {(r["batch_size"], r["arm"]) for r in saved["records"]}
@@ -50,5 +56,5 @@ def test_small_run_writes_table_json_and_plot(tmp_path):
             assert r["selection_share"] is None
         else:
             assert 0.0 < r["selection_share"] < 1.0 and 0.0 < r["evictable_step_share"] <= 1.0
-    assert [g["batch_size"] for g in saved["speedups"]] == [1, 4]
+    assert [g["batch_size"] for g in saved["speedups"]] == [1, 4] and saved["min_batch_tokens"] == 0
     assert (tmp_path / "throughput.png").stat().st_size > 10_000

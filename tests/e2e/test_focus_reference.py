@@ -163,7 +163,8 @@ def focus_generate(model, prompt: list[int], eos_id: int) -> list[int]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("focus_ref") / "focus.yaml"
-    cfg.write_text(yaml.safe_dump({"threshold": THRESHOLD, "alpha": ALPHA, "delayed_cache": False}))
+    cfg.write_text(yaml.safe_dump({"threshold": THRESHOLD, "alpha": ALPHA, "delayed_cache": False,
+                                   "min_batch_tokens": 0}))
     with LocalServer(BUNDLED, ["--focus", "--focus-config", str(cfg), "--dtype", "float32",
                                "--max-running-requests", "4"]) as srv:
         yield srv

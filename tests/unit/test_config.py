@@ -60,6 +60,6 @@ def test_engine_kwargs_select_focus_with_a_validated_yaml():
     kwargs = engine_kwargs(alpha=2, threshold=0.9)
     assert kwargs["dllm_algorithm"] == "Focus"
     with open(kwargs["dllm_algorithm_config"]) as f:
-        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True, "min_batch_tokens": 0}
+        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True, "min_batch_tokens": 128}
     with pytest.raises(FocusConfigError):
         engine_kwargs(alpha=0)
