@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sglang-focus-installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: setup demo test test-fast clean-venv
+.PHONY: setup demo test test-fast gpu-bench clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,18 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not e2e"
+
+# On a CUDA machine with torch and Triton (SGLang not needed, nothing installed): the kernel tests compiled natively,
+# the kernel and forward microbenchmarks at SDAR-8B shape, and the guard sweep; results go to $(GPU_OUT).
+GPU_PYTHON ?= python3
+GPU_OUT ?= .cache/gpu-bench
+gpu-bench:
+	mkdir -p $(GPU_OUT)
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee $(GPU_OUT)/kernel-tests.txt
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench_kernels --out $(GPU_OUT) | tee $(GPU_OUT)/kernels.md
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench_forward --preset sdar-8b --out $(GPU_OUT) | tee $(GPU_OUT)/forward.md
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench_forward --preset sdar-8b --batch-sizes 1,2,4,8,16,32,64 \
+		--kept-fractions 0.25 --out $(GPU_OUT)/guard | tee $(GPU_OUT)/guard.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -116,6 +116,16 @@ def summed_stats(replies: Sequence[dict]) -> dict[str, int]:
     return total
 
 
+def stat_ratios(stats: dict[str, int]) -> dict[str, float | None]:
+    """tokens_per_forward, kept_ratio and masked_kept_ratio of summed counters (None where nothing was counted)."""
+    from sglang_focus.stats import FocusStats
+
+    s = FocusStats(**stats)
+    return {"tokens_per_forward": s.tokens_per_forward if s.forwards else None,
+            "kept_ratio": s.kept_ratio if s.processed else None,
+            "masked_kept_ratio": s.masked_kept_ratio if s.masked else None}
+
+
 def hardware() -> dict[str, str | int]:
     """What the numbers were measured on (the device of a GPU run, else the CPU)."""
     import os

@@ -46,13 +46,12 @@ def score_arm(arm: str, problems: Sequence[tasks.Problem], completions: Sequence
     correct = sum(sum(v) for v in hits.values())
     stats = arms.summed_stats(replies)
     output_tokens = sum(r["meta_info"]["completion_tokens"] for r in replies)
-    masked_rows_kept = stats["kept"] - (stats["processed"] - stats["masked"])
+    ratios = arms.stat_ratios(stats)
     return {
         "arm": arm, "accuracy": correct / len(problems), "n": len(problems), "correct": correct,
         "threshold": threshold, "alpha": alpha,
         "per_task": {task: sum(v) / len(v) for task, v in hits.items()},
-        "tokens_per_forward": stats["unmasked"] / stats["forwards"] if stats["forwards"] else None,
-        "masked_kept_ratio": masked_rows_kept / stats["masked"] if stats["masked"] else None,
+        "tokens_per_forward": ratios["tokens_per_forward"], "masked_kept_ratio": ratios["masked_kept_ratio"],
         "forwards": stats["forwards"], "output_tokens": output_tokens, "seconds": seconds,
         "output_tokens_per_s": output_tokens / seconds if seconds else None,
     }

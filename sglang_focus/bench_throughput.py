@@ -102,10 +102,7 @@ def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Wor
         "output_throughput": output_tokens / seconds, "request_throughput": len(replies) / seconds,
         "output_tokens": output_tokens, "seconds": seconds,
         "forwards_per_request": stats["forwards"] / len(replies),
-        "tokens_per_forward": stats["unmasked"] / stats["forwards"] if stats["forwards"] else None,
-        "kept_ratio": stats["kept"] / stats["processed"] if stats["processed"] else None,
-        "masked_kept_ratio": ((stats["kept"] - stats["processed"] + stats["masked"]) / stats["masked"]
-                              if stats["masked"] else None),
+        **arms.stat_ratios(stats),
         "accuracy": None,
         **step_time_fields(rounds),
     }

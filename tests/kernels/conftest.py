@@ -15,6 +15,17 @@ if not torch.cuda.is_available():
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
+# In an uninstalled checkout (a GPU machine with torch and Triton but no SGLang, `make gpu-bench`), the top-level
+# kernels/ is registered as sglang_focus.kernels, as the installed package maps it.
+try:
+    importlib.import_module("sglang_focus.kernels")
+except ModuleNotFoundError as missing:
+    if missing.name != "sglang_focus.kernels":
+        raise
+    from sglang_focus.bench_kernels import import_kernels
+
+    import_kernels()
+
 
 @pytest.fixture
 def device() -> str:

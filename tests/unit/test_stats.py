@@ -164,3 +164,12 @@ def test_tokenizer_hook_is_inert_without_focus_stats():
     meta_info, state = {"other": [1]}, SimpleNamespace(customized_info_accumulated={"other": [1]})
     keep_latest_focus_stats(None, None, meta_info, state, {}, 0, None)
     assert meta_info == {"other": [1]} and state.customized_info_accumulated == {"other": [1]}
+
+
+def test_arm_ratios_of_summed_counters_and_none_when_nothing_was_counted():
+    from sglang_focus.arms import stat_ratios
+
+    ratios = stat_ratios({"forwards": 4, "processed": 64, "kept": 40, "evicted": 24, "masked": 48, "unmasked": 12})
+    assert ratios == {"tokens_per_forward": 3.0, "kept_ratio": 0.625, "masked_kept_ratio": 0.5}
+    empty = stat_ratios(dict.fromkeys(("forwards", "processed", "kept", "evicted", "masked", "unmasked"), 0))
+    assert set(empty.values()) == {None}
