@@ -28,10 +28,11 @@ class FocusConfig(msgspec.Struct, frozen=True, kw_only=True):
     alpha: float = 1.5  # budget factor α ≥ 1; inf disables eviction
     threshold: float = 0.8  # confidence threshold τ of the unmasking rule, in (0, 1]
     delayed_cache: bool = True  # process only uncached block positions (spec §2)
-    # Memory-bound guard (spec §12.6): a step that processes fewer block rows than this (summed over the batch)
-    # skips scoring and eviction; state updates still run. 0 = always evict. The default is where FOCUS's forward
-    # became >= 5 % faster than stock's at kept fraction 0.25 for the bundled model's shape on a 2-core CPU
-    # (`python -m sglang_focus.bench_forward --preset bundled`, docs/benchmarks.md); calibrate per model and GPU.
+    # Memory-bound guard (spec §12.6): a batch with fewer block tokens (batch size × B) than this runs its step as
+    # stock SGLang does (every position, no scoring, no eviction); state updates still run. 0 = always FOCUS. The
+    # default is where FOCUS's forward became >= 5 % faster than stock's at kept fraction 0.25 for the bundled
+    # model's shape on a 2-core CPU (`python -m sglang_focus.bench_forward --preset bundled`, docs/benchmarks.md);
+    # calibrate per model and GPU.
     min_batch_tokens: int = 128
     block_size: int | None = None  # overrides the checkpoint's block size
     mask_id: int | None = None  # overrides the checkpoint's mask token id

@@ -31,19 +31,22 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
               min_batch_tokens: int = 0) -> StepPlan:
     """`masked` [bs, B] bool (cpu) is the block mask before the step; `prefix_lens` [bs] (cpu) the committed h.
 
-    A batch processing fewer than `min_batch_tokens` rows is too small to be compute-bound: no request evicts
-    (see `worth_evicting`).
+    A batch of fewer than `min_batch_tokens` block rows is memory-bound: the step runs as stock SGLang's does, every
+    position of every block and no eviction (see `memory_bound`).
     """
-    block = masked.shape[1]
+    bs, block = masked.shape
     steps = torch.tensor([s.steps for s in states], dtype=torch.int64)
-    process = processing_mask(torch.tensor([s.uncached for s in states], dtype=torch.bool), steps,
-                              delayed_cache=delayed_cache)
+    if memory_bound(bs * block, min_batch_tokens):
+        process = torch.ones_like(masked)
+    else:
+        process = processing_mask(torch.tensor([s.uncached for s in states], dtype=torch.bool), steps,
+                                  delayed_cache=delayed_cache)
     flat_rows = torch.nonzero(process.view(-1)).squeeze(1)
     counts = process.sum(dim=1)
     rightmost = block - 1 - torch.argmax(process.flip(1).to(torch.int8), dim=1)
     window = prefix_lens.to(torch.int64) + rightmost + 1
     eviction = None
-    if worth_evicting(flat_rows.shape[0], min_batch_tokens):
+    if not memory_bound(bs * block, min_batch_tokens):
         eviction = _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alphas, device)
     return StepPlan(
         process=process,
@@ -57,11 +60,16 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
     )
 
 
-def worth_evicting(processed_rows: int, min_batch_tokens: int) -> bool:
-    """The memory-bound guard (spec §12.6): score and evict only when the step processes at least
-    `min_batch_tokens` block rows. Below that the forward costs about the same whatever its row count, so eviction
-    would save nothing and its evicted tokens would cost extra forwards. 0 disables the guard."""
-    return processed_rows >= min_batch_tokens
+def memory_bound(block_rows: int, min_batch_tokens: int) -> bool:
+    """The memory-bound guard (spec §12.6) for a batch of `block_rows` = batch size × B block tokens.
+
+    Below `min_batch_tokens` the forward costs about the same whatever its row count, so neither eviction nor the
+    delayed cache can save time, while both cost decoding progress (evicted tokens wait; frozen KV of decoded
+    tokens lowers the confidences). Such a step processes every block position with no scoring: it computes what
+    stock SGLang computes. Always valid: a step that writes every position's KV leaves the delayed-cache and progress
+    invariants intact. 0 disables the guard.
+    """
+    return block_rows < min_batch_tokens
 
 
 def positions_of(plan: StepPlan) -> list[list[int]]:

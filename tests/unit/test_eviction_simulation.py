@@ -102,11 +102,16 @@ def test_prompt_block_first_step_is_prefill_and_never_evicts():
     assert plan.eviction is None and plan.processes_everything
 
 
-def test_small_batches_skip_eviction_under_the_memory_bound_guard():
-    states = [FocusReqState.fresh(BLOCK) for _ in range(2)]
+def test_small_batches_run_like_stock_under_the_memory_bound_guard():
+    """Mid-block, the delayed cache would run only uncached positions and may evict; under the guard (fewer block
+    tokens than min_batch_tokens) the step runs every position and nothing is scored."""
+    states = [FocusReqState(uncached=[False] * 4 + [True] * (BLOCK - 4), steps=2, unmasked=4, decoding_steps=2)
+              for _ in range(2)]
     masked = torch.ones(2, BLOCK, dtype=torch.bool)
+    masked[:, :4] = False
     args = dict(delayed_cache=True, device=torch.device("cpu"))
-    evicting = plan_step(states, masked, torch.tensor([0, 0]), [1.5, 1.5], min_batch_tokens=2 * BLOCK, **args)
+    focus = plan_step(states, masked, torch.tensor([0, 0]), [1.5, 1.5], min_batch_tokens=2 * BLOCK, **args)
     guarded = plan_step(states, masked, torch.tensor([0, 0]), [1.5, 1.5], min_batch_tokens=2 * BLOCK + 1, **args)
-    assert evicting.eviction is not None and guarded.eviction is None
-    assert guarded.rows.tolist() == evicting.rows.tolist(), "the guard changes eviction only, not the rows processed"
+    assert focus.eviction is not None and focus.row_counts.tolist() == [BLOCK - 4] * 2
+    assert guarded.eviction is None and guarded.processes_everything
+    assert guarded.rows.tolist() == list(range(2 * BLOCK)) and guarded.window.tolist() == [BLOCK, BLOCK]
