@@ -546,7 +546,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if run.out is not None:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "forward.json").write_text(json.dumps(report, indent=2) + "\n")
+        save_plot(report, run.out / "forward.png")
     return report
+
+
+def save_plot(report: dict, path: Path) -> None:
+    """Speedup vs batch size per kept fraction, with each fraction's layer bound dotted (skipped without
+    matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no forward.png", flush=True)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fraction in sorted({r["kept_fraction"] for r in report["records"]}, reverse=True):
+        cells = sorted((r for r in report["records"] if r["kept_fraction"] == fraction), key=lambda r: r["batch_size"])
+        line, = ax.plot([r["batch_size"] for r in cells], [r["speedup"] for r in cells], "o-",
+                        label=f"kept {fraction:g}")
+        ax.axhline(cells[0]["bound"], color=line.get_color(), linestyle=":", linewidth=1)
+    batches = sorted({r["batch_size"] for r in report["records"]})
+    ax.set(xscale="log", xlabel="batch size (requests of one block)", ylabel="FOCUS / stock forward speed",
+           title=f"forward, preset {report['preset']}, {report['dtype']}, {report['hardware']}")
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.legend(title="dotted: layer bound")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
