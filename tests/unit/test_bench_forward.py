@@ -105,6 +105,7 @@ def test_main_writes_forward_json_and_prints_a_table(tmp_path, capsys):
     assert all(r.keys() == FORWARD_KEYS for r in report["records"])
     assert report["records"][1]["kept_rows"] == BLOCK // 2
     assert "| batch | kept | k rows | stock ms |" in capsys.readouterr().out
+    assert (tmp_path / "forward.png").stat().st_size > 10_000, "the speedup plot is written next to the JSON"
 
 
 @pytest.mark.parametrize("flags, message", [
