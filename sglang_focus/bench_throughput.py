@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from sglang_focus import arms, tasks
 from sglang_focus.bench_accuracy import completion_text, problem_payload
+from sglang_focus.bench_forward import layer_bound
 from sglang_focus.local_server import LocalServer, ServerStartError, cuda_available
 from sglang_focus.step_timing import read_snapshot, snapshot_difference
 
@@ -111,11 +112,6 @@ def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Wor
         hits = [tasks.is_correct(p, completion_text(tokenizer, r)) for p, r in zip(problems, replies)]
         record["accuracy"] = sum(hits) / len(hits)
     return record
-
-
-def layer_bound(num_layers: int, kept: float) -> float:
-    """Speedup if layer cost were proportional to rows: L / (2 + (L - 2) k)."""
-    return num_layers / (2 + (num_layers - 2) * kept)
 
 
 def measure(servers: dict[str, LocalServer], workload: Workload, batch_sizes: Sequence[int], repeats: int,

@@ -89,6 +89,13 @@ def sdar_focus_server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sdar_focus_guarded_server(request, tmp_path_factory):
+    """FOCUS with the shipped memory-bound guard: the YAML sets only the threshold both arms share."""
+    cfg = write_yaml(tmp_path_factory.mktemp("guard_cfg") / "focus.yaml", {"threshold": THRESHOLD})
+    return _server(request, tmp_path_factory, "tiny_sdar", "sdar_focus_guarded", ["--focus", "--focus-config", cfg])
+
+
+@pytest.fixture(scope="session")
 def sdar_focus_no_eviction_server(request, tmp_path_factory):
     return _server(request, tmp_path_factory, "tiny_sdar", "sdar_focus_no_eviction",
                    focus_args(tmp_path_factory, **NO_EVICTION))

@@ -36,7 +36,8 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
     """
     bs, block = masked.shape
     steps = torch.tensor([s.steps for s in states], dtype=torch.int64)
-    if memory_bound(bs * block, min_batch_tokens):
+    stock_step = memory_bound(bs * block, min_batch_tokens)
+    if stock_step:
         process = torch.ones_like(masked)
     else:
         process = processing_mask(torch.tensor([s.uncached for s in states], dtype=torch.bool), steps,
@@ -46,7 +47,7 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
     rightmost = block - 1 - torch.argmax(process.flip(1).to(torch.int8), dim=1)
     window = prefix_lens.to(torch.int64) + rightmost + 1
     eviction = None
-    if not memory_bound(bs * block, min_batch_tokens):
+    if not stock_step:
         eviction = _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alphas, device)
     return StepPlan(
         process=process,

@@ -16,14 +16,13 @@ from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 def rows_batch(
     batch: ForwardBatch,
     rows: torch.Tensor,  # [n] int64: rows of `batch` to keep, grouped by request, ascending
-    row_counts: torch.Tensor,  # [bs] int64: rows per request (every request keeps >= 1)
-    window: torch.Tensor,  # [bs] int64: keys attended per request
+    row_counts: torch.Tensor,  # [bs] int64 (host): rows per request (every request keeps >= 1)
+    window: torch.Tensor,  # [bs] int64 (host): keys attended per request
     *,
     positions: torch.Tensor | None = None,  # [len(batch rows)] positions, if batch.positions is not the source
 ) -> ForwardBatch:
     """Return a new ForwardBatch holding `rows`; `batch` is not modified."""
-    counts_cpu = row_counts.cpu()
-    window_cpu = window.cpu()
+    counts_cpu, window_cpu = row_counts, window  # host tensors from the plan: no device read-back here
     device = batch.input_ids.device
     counts = counts_cpu.to(device)
     window_dev = window_cpu.to(device=device, dtype=batch.seq_lens.dtype)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import THRESHOLD, start_server, write_yaml
 from sglang_focus.config import FocusConfig
 from sglang_focus.stats import COUNT_FIELDS
 from prompts import PROMPTS
@@ -13,15 +12,6 @@ pytestmark = pytest.mark.e2e
 
 BLOCK = 16  # tiny SDAR's block size
 SAMPLING = {"max_new_tokens": 32, "ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def guarded_server(request, tmp_path_factory, tiny_sdar):
-    """FOCUS with the shipped guard: the YAML sets only the threshold both arms share."""
-    cfg = write_yaml(tmp_path_factory.mktemp("guard_cfg") / "focus.yaml", {"threshold": THRESHOLD})
-    server = start_server(tmp_path_factory, tiny_sdar, "sdar_focus_guarded", ["--focus", "--focus-config", cfg])
-    request.addfinalizer(server.stop)
-    return server
 
 
 def summed_stats(server, texts: list[str]) -> dict:
@@ -39,20 +29,20 @@ def test_the_default_threshold_is_a_batch_of_several_blocks():
     assert FocusConfig().min_batch_tokens == 128
 
 
-def test_a_single_request_is_below_the_guard_and_decodes_like_stock(guarded_server, sdar_stock_server):
+def test_a_single_request_is_below_the_guard_and_decodes_like_stock(sdar_focus_guarded_server, sdar_stock_server):
     """One block of 16 rows < 128: every step runs the whole block with no scoring, as stock SGLang does, so the
     output is stock's token for token (the unmasking rule is the host's)."""
     assert BLOCK < FocusConfig().min_batch_tokens
     prompts = PROMPTS[:3]
     for prompt in prompts:
-        focus = guarded_server.generate({"text": prompt, "sampling_params": SAMPLING}).json()
+        focus = sdar_focus_guarded_server.generate({"text": prompt, "sampling_params": SAMPLING}).json()
         stock = sdar_stock_server.generate({"text": prompt, "sampling_params": SAMPLING}).json()
         assert focus["output_ids"] == stock["output_ids"]
         stats = focus["meta_info"]["focus_stats"][0]
         assert stats["evicted"] == 0 and stats["kept"] == stats["processed"] == BLOCK * stats["forwards"]
 
 
-def test_a_batch_of_enough_block_tokens_evicts(guarded_server):
+def test_a_batch_of_enough_block_tokens_evicts(sdar_focus_guarded_server):
     batch = (PROMPTS * 16)[:16]  # 16 blocks of 16 rows: 256 >= 128
-    stats = summed_stats(guarded_server, batch)
+    stats = summed_stats(sdar_focus_guarded_server, batch)
     assert stats["evicted"] > 0 and stats["kept"] + stats["evicted"] == stats["processed"]
