@@ -20,7 +20,7 @@ $(STAMP): requirements/cpu.txt pyproject.toml cpu_shims/pyproject.toml cpu_shims
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sglang_focus.demo
+	$(PY) -m sglang_focus.bench.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
@@ -35,9 +35,9 @@ GPU_OUT ?= .cache/gpu-bench
 gpu-bench:
 	mkdir -p $(GPU_OUT)
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee $(GPU_OUT)/kernel-tests.txt
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench_kernels --out $(GPU_OUT) | tee $(GPU_OUT)/kernels.md
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench_forward --preset sdar-8b --out $(GPU_OUT) | tee $(GPU_OUT)/forward.md
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench_forward --preset sdar-8b --batch-sizes 1,2,4,8,16,32,64 \
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench.kernels --out $(GPU_OUT) | tee $(GPU_OUT)/kernels.md
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench.forward --preset sdar-8b --out $(GPU_OUT) | tee $(GPU_OUT)/forward.md
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench.forward --preset sdar-8b --batch-sizes 1,2,4,8,16,32,64 \
 		--kept-fractions 0.25 --out $(GPU_OUT)/guard | tee $(GPU_OUT)/guard.md
 
 clean-venv:

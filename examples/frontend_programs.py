@@ -3,7 +3,7 @@
     python -m sglang.launch_server --model-path models/sdar-tasks --focus --port 30000
     python examples/frontend_programs.py --base-url http://127.0.0.1:30000
 
-The checkpoint was trained on the task suite (`sglang_focus.tasks`) in ChatML, which is SGLang's "chatml" chat
+The checkpoint was trained on the task suite (`sglang_focus.training.tasks`) in ChatML, which is SGLang's "chatml" chat
 template, so `sgl.user()` / `sgl.assistant()` build exactly the prompts it saw in training. Four programs:
 one question (`sgl.gen()`), a two-turn conversation, parallel questions through `s.fork(n)`, and `sgl.select()`,
 which needs prompt log-probabilities that block-diffusion decoding does not produce: the server refuses it with
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import sglang as sgl
 
-from sglang_focus import tasks
+from sglang_focus.training import tasks
 
 MAX_TOKENS = 64
 

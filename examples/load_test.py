@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional, Sequence
 import psutil
 import requests
 
-from sglang_focus import tasks
+from sglang_focus.training import tasks
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "sdar-tasks"
 OUTPUT_LENGTHS = (8, 16, 32, 64, 128, 256)
@@ -236,8 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.base_url:
         reports = run_load_test(args.base_url, server_pid=args.server_pid, **run)
     else:
-        from sglang_focus.arms import DEFAULT_ALPHA, DEFAULT_THRESHOLD, arm_server_args, config_dir
-        from sglang_focus.local_server import LocalServer
+        from sglang_focus.bench.arms import DEFAULT_ALPHA, DEFAULT_THRESHOLD, arm_server_args, config_dir
+        from sglang_focus.bench.local_server import LocalServer
 
         server_args = arm_server_args(args.arm, threshold=DEFAULT_THRESHOLD, alpha=DEFAULT_ALPHA,
                                       config_dir=config_dir(), max_running=args.max_running_requests)

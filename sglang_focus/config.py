@@ -31,7 +31,7 @@ class FocusConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Memory-bound guard (spec §12.6): a batch with fewer block tokens (batch size × B) than this runs its step as
     # stock SGLang does (every position, no scoring, no eviction); state updates still run. 0 = always FOCUS. The
     # default is where FOCUS's forward became >= 5 % faster than stock's at kept fraction 0.25 for the bundled
-    # model's shape on a 2-core CPU (`python -m sglang_focus.bench_forward --preset bundled`, docs/benchmarks.md);
+    # model's shape on a 2-core CPU (`python -m sglang_focus.bench.forward --preset bundled`, docs/benchmarks.md);
     # calibrate per model and GPU.
     min_batch_tokens: int = 128
     block_size: int | None = None  # overrides the checkpoint's block size

@@ -18,8 +18,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from sglang_focus.local_server import LocalServer  # noqa: E402
-from sglang_focus import tiny_models  # noqa: E402
+from sglang_focus.bench.local_server import LocalServer  # noqa: E402
+from sglang_focus.training import tiny_models  # noqa: E402
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "sdar-tasks"
 # Both arms of every comparison decode at this threshold.

@@ -1,1 +1,4 @@
-"""Studies of FOCUS on the bundled checkpoint."""
+"""Studies of FOCUS on the bundled checkpoint, in plain PyTorch (no server).
+
+- ``decodability``: does the layer-0 -> layer-1 importance delta predict which masked tokens a step decodes?
+"""

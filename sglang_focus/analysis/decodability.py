@@ -3,7 +3,7 @@
     python -m sglang_focus.analysis.decodability --model-path models/sdar-tasks [--n 200] [--out DIR]
 
 Decodes `n` held-out task prompts with greedy LowConfidence (the stock rule, no eviction) on the plain-PyTorch
-copy of the checkpoint (`sglang_focus.train`, token-for-token equal to SGLang's SDAR), and at every denoising
+copy of the checkpoint (`sglang_focus.training.train`, token-for-token equal to SGLang's SDAR), and at every denoising
 forward records, for each masked token of the current block: its layer-0 importance I0, layer-1 importance I1 and
 delta I1 - I0 (FOCUS_SPEC §4.3-4.4, computed by the kernels' PyTorch reference over the block's masked rows), and
 whether the step decoded it. Reports the ROC-AUC of each score for "decoded at this step" (pooled over all steps,
@@ -25,9 +25,9 @@ from typing import NamedTuple, Sequence
 import torch
 from tqdm import tqdm
 
-from sglang_focus import tasks
+from sglang_focus.training import tasks
 from sglang_focus.kernels.reference import importance_reference
-from sglang_focus.tokenizer import EOS_TOKEN
+from sglang_focus.training.tokenizer import EOS_TOKEN
 
 SCORES = ("delta", "i1", "i0")  # the claim, then the two single-layer ablations
 LABELS = {"delta": "delta = I1 - I0", "i1": "I1 alone", "i0": "I0 alone"}
@@ -59,7 +59,7 @@ def step_importances(qk: Sequence, start: int, masked: Sequence[int]) -> tuple[t
 def record_problem(model, tokenizer, problem: tasks.Problem, request: int, *, threshold: float,
                    max_new_tokens: int) -> tuple[list[TokenStep], bool]:
     """Every masked token of every denoising step of one request; and whether the answer was correct."""
-    from sglang_focus.train import block_diffusion_generate
+    from sglang_focus.training.train import block_diffusion_generate
 
     rows: list[TokenStep] = []
     steps = 0
@@ -195,7 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from sglang_focus.train import load_checkpoint
+    from sglang_focus.training.train import load_checkpoint
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

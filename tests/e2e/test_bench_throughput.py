@@ -1,4 +1,4 @@
-"""bench_throughput end to end on the bundled model (small batches), and its pure helpers."""
+"""bench.throughput end to end on the bundled model (small batches), and its pure helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sglang_focus import bench_throughput as bt
+from sglang_focus.bench import throughput as bt
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +29,13 @@ def test_speedups_pair_the_arms_of_each_batch_size():
 
 
 def test_negative_guard_threshold_is_one_clear_error():
-    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench_throughput", "--min-batch-tokens", "-1"],
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench.throughput", "--min-batch-tokens", "-1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--min-batch-tokens: must be >= 0" in out.stderr
 
 
 def test_bad_batch_sizes_are_one_clear_error():
-    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench_throughput", "--batch-sizes", "1,x"],
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench.throughput", "--batch-sizes", "1,x"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--batch-sizes must be comma-separated integers" in out.stderr
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_focus import bench_accuracy, tasks
-from sglang_focus.tokenizer import EOS_TOKEN
-from sglang_focus.train import block_diffusion_generate, load_checkpoint
+from sglang_focus.bench import accuracy as bench_accuracy
+from sglang_focus.training import tasks
+from sglang_focus.training.tokenizer import EOS_TOKEN
+from sglang_focus.training.train import block_diffusion_generate, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -56,13 +57,13 @@ def test_stock_arm_answers_are_the_reference_decoders(harness):
 
 
 def test_harness_rejects_a_checkpoint_without_the_task_tokenizer(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench_accuracy", "--model-path", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench.accuracy", "--model-path", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no tokenizer.json" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_demo_marks_every_answer_and_stops_its_server(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "sglang_focus.demo", "--log", str(tmp_path / "demo.log")],
+    out = subprocess.run([sys.executable, "-m", "sglang_focus.bench.demo", "--log", str(tmp_path / "demo.log")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     marks = [line.strip()[0] for line in out.stdout.splitlines() if line.strip()[:1] in ("✓", "✗")]

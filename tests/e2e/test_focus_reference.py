@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from sglang_focus import kernels, tasks
+from sglang_focus import kernels
+from sglang_focus.bench.local_server import LocalServer
 from sglang_focus.kernels.reference import importance_reference, select_enforce_reference
-from sglang_focus.local_server import LocalServer
-from sglang_focus.tokenizer import EOS_TOKEN
-from sglang_focus.train import (apply_rope, block_causal_visibility, block_diffusion_generate, load_checkpoint,
-                                rope_tables)
+from sglang_focus.training import tasks
+from sglang_focus.training.tokenizer import EOS_TOKEN
+from sglang_focus.training.train import (apply_rope, block_causal_visibility, block_diffusion_generate,
+                                         load_checkpoint, rope_tables)
 
 pytestmark = pytest.mark.e2e
 

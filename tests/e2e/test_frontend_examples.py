@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_focus import tasks
+from sglang_focus.training import tasks
 
 pytestmark = pytest.mark.e2e
 

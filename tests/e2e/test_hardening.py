@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sglang_focus import tasks
+from sglang_focus.training import tasks
 
 pytestmark = pytest.mark.e2e
 

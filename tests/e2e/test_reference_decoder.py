@@ -41,8 +41,8 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
-from sglang_focus.local_server import LocalServer
-from sglang_focus.tiny_models import build_tiny_sdar
+from sglang_focus.bench.local_server import LocalServer
+from sglang_focus.training.tiny_models import build_tiny_sdar
 
 pytestmark = pytest.mark.e2e
 

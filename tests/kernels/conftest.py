@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError as missing:
     if missing.name != "sglang_focus.kernels":
         raise
-    from sglang_focus.bench_kernels import import_kernels
+    from sglang_focus.bench.kernels import import_kernels
 
     import_kernels()
 

@@ -1,4 +1,4 @@
-"""Forward and kernel microbenchmarks (`sglang_focus.bench_forward`, `sglang_focus.bench_kernels`) on CPU.
+"""Forward and kernel microbenchmarks (`sglang_focus.bench.forward`, `sglang_focus.bench.kernels`) on CPU.
 
 The decoder is the `tiny` preset (4 layers, block 8), so layers 2 and 3 are the ones that run on kept rows only.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_focus import bench_forward, bench_kernels
-from sglang_focus.bench_forward import block_candidates, eviction_for, focus_forward, stock_forward
+from sglang_focus.bench import forward as bench_forward, kernels as bench_kernels
+from sglang_focus.bench.forward import block_candidates, eviction_for, focus_forward, stock_forward
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = bench_forward.PRESETS["tiny"]
@@ -137,7 +137,7 @@ def test_bench_kernels_on_cpu_times_the_references_and_skips_triton(tmp_path, ca
 NO_SGLANG_SCRIPT = f"""
 import sys
 sys.modules["sglang"] = None  # any `import sglang...` now raises ImportError
-from sglang_focus import bench_forward
+from sglang_focus.bench import forward as bench_forward
 bench_forward.main({TINY_ARGS!r})
 assert sys.modules["sglang_focus.kernels"].__file__ == {str(REPO / "kernels" / "__init__.py")!r}
 """
@@ -159,7 +159,7 @@ def _cell(batch_size, stock_ms, focus_ms, kept_fraction=0.25):
 
 
 def test_guard_threshold_is_where_focus_starts_winning_for_good():
-    from sglang_focus.bench_forward import guard_recommendation
+    from sglang_focus.bench.forward import guard_recommendation
 
     records = [_cell(1, 10.0, 12.0), _cell(4, 10.0, 9.0), _cell(8, 12.0, 12.5), _cell(16, 20.0, 15.0),
                _cell(32, 40.0, 25.0), _cell(32, 40.0, 45.0, kept_fraction=1.0)]
@@ -169,7 +169,7 @@ def test_guard_threshold_is_where_focus_starts_winning_for_good():
 
 
 def test_guard_threshold_is_none_when_focus_never_wins_at_the_largest_batch():
-    from sglang_focus.bench_forward import guard_recommendation
+    from sglang_focus.bench.forward import guard_recommendation
 
     records = [_cell(1, 10.0, 5.0), _cell(8, 10.0, 9.8)]  # 2 % faster only: under the margin
     assert guard_recommendation(records, block_size=16, kept_fraction=0.25)["min_batch_tokens"] is None

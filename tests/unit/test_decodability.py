@@ -10,9 +10,9 @@ from argparse import Namespace
 import pytest
 import torch
 
-from sglang_focus import tasks
+from sglang_focus.training import tasks
 from sglang_focus.analysis import decodability as dec
-from sglang_focus.train import SdarLM, export_checkpoint, model_config, prepare_tokenizer
+from sglang_focus.training.train import SdarLM, export_checkpoint, model_config, prepare_tokenizer
 
 
 def brute_force_auc(scores, labels):

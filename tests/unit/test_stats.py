@@ -167,7 +167,7 @@ def test_tokenizer_hook_is_inert_without_focus_stats():
 
 
 def test_arm_ratios_of_summed_counters_and_none_when_nothing_was_counted():
-    from sglang_focus.arms import stat_ratios
+    from sglang_focus.bench.arms import stat_ratios
 
     ratios = stat_ratios({"forwards": 4, "processed": 64, "kept": 40, "evicted": 24, "masked": 48, "unmasked": 12})
     assert ratios == {"tokens_per_forward": 3.0, "kept_ratio": 0.625, "masked_kept_ratio": 0.5}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from sglang_focus import tasks
-from sglang_focus.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, MASK_TOKEN
+from sglang_focus.training import tasks
+from sglang_focus.training.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, MASK_TOKEN
 
 BLOCK = 16
 

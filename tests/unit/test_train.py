@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sglang_focus import tasks, tiny_models, train
+from sglang_focus.training import tasks, tiny_models, train
 
 BLOCK = 16
 TOY = ["--layers", "2", "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--batch-size", "8", "--warmup", "2",

@@ -1,7 +1,7 @@
 """Tiny random-weight block-diffusion checkpoints, built offline for tests and development.
 
-`python -m sglang_focus.tiny_models {sdar,llada2} OUT_DIR` writes a checkpoint SGLang 0.5.23 loads with its own
-model class: config.json (declaring `mask_token_id` and `block_size`), model.safetensors and the tokenizer.
+`python -m sglang_focus.training.tiny_models {sdar,llada2} OUT_DIR` writes a checkpoint SGLang 0.5.23 loads with its
+own model class: config.json (declaring `mask_token_id` and `block_size`), model.safetensors and the tokenizer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sglang_focus.tokenizer import SAMPLE_TEXT, save_tokenizer, train_tokenizer
+from sglang_focus.training.tokenizer import SAMPLE_TEXT, save_tokenizer, train_tokenizer
 
 TINY_VOCAB = 512
 # The final RMSNorm weight is this constant instead of 1 (a logit temperature of 1/16). With plain random weights

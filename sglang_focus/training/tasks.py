@@ -25,7 +25,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import msgspec
 from tokenizers import Tokenizer, pre_tokenizers
 
-from sglang_focus.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
+from sglang_focus.training.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
 
 SPLITS = ("train", "heldout")
 HELDOUT_PERCENT = 10  # share of the problem space whose hash puts it in "heldout"

@@ -1,10 +1,10 @@
 """Output throughput of stock LowConfidence vs FOCUS at the same threshold, per batch size, in one run.
 
-    python -m sglang_focus.bench_throughput [--model-path models/sdar-tasks] [--batch-sizes 1,8,32,64]
+    python -m sglang_focus.bench.throughput [--model-path models/sdar-tasks] [--batch-sizes 1,8,32,64]
         [--prompts FILE] [--max-new-tokens 64] [--repeats 3] [--out DIR]
 
 Both arms are served at once by `python -m sglang.launch_server` (same threshold, dtype, KV pool and
-`--max-running-requests` = the largest batch size; only the algorithm differs, see `sglang_focus.arms`). For each
+`--max-running-requests` = the largest batch size; only the algorithm differs, see `sglang_focus.bench.arms`). For each
 batch size a "round" sends that many requests at once and waits for all of them; each arm first runs one warm-up
 round (not counted), then the arms alternate for `--repeats` rounds, the first arm swapping every repetition so
 neither gets the warmer machine. Prompts are held-out problems of the task suite (so accuracy is reported too)
@@ -29,14 +29,15 @@ from typing import NamedTuple, Sequence
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from sglang_focus import arms, tasks
-from sglang_focus.bench_accuracy import completion_text, problem_payload
-from sglang_focus.bench_forward import layer_bound
-from sglang_focus.local_server import LocalServer, ServerStartError, cuda_available
+from sglang_focus.bench import arms
+from sglang_focus.bench.accuracy import completion_text, problem_payload
+from sglang_focus.bench.forward import layer_bound
+from sglang_focus.bench.local_server import LocalServer, ServerStartError, cuda_available
 from sglang_focus.step_timing import read_snapshot, snapshot_difference
+from sglang_focus.training import tasks
 
 STEP_TIMES_ENV = "SGLANG_FOCUS_STEP_TIMES"
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks"
+BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks"
 
 
 class Workload(NamedTuple):
@@ -62,7 +63,7 @@ def task_workload(model_path: Path, n: int, max_new_tokens: int) -> Workload:
 def file_workload(path: Path, n: int, max_new_tokens: int) -> Workload:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if not lines:
-        raise SystemExit(f"bench_throughput: error: --prompts {path} holds no prompt")
+        raise SystemExit(f"bench.throughput: error: --prompts {path} holds no prompt")
     prompts = [lines[i % len(lines)] for i in range(n)]
     return Workload([{"text": p, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0}}
                      for p in prompts], None)
@@ -196,7 +197,7 @@ def save_plot(records: Sequence[dict], gains: Sequence[dict], path: Path, title:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sglang_focus.bench.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated concurrent request counts")
     p.add_argument("--prompts", type=Path, default=None, help="one prompt per line (default: held-out task problems)")
@@ -247,7 +248,7 @@ def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
     except ServerStartError as err:
         for server in servers.values():
             server.stop()
-        sys.exit(f"bench_throughput: error: {err}")
+        sys.exit(f"bench.throughput: error: {err}")
     return servers
 
 
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         records = measure(servers, workload, args.batch_sizes, args.repeats, tokenizer, args)
     except arms.BenchRequestError as err:
-        sys.exit(f"bench_throughput: error: {err}")
+        sys.exit(f"bench.throughput: error: {err}")
     finally:
         for server in servers.values():
             server.stop()

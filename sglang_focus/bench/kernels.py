@@ -1,6 +1,6 @@
 """Triton FOCUS kernels against their PyTorch references, per batch size, after checking that they agree.
 
-    python -m sglang_focus.bench_kernels [--batch-sizes 32,64,128,256] [--block-size 32] [--num-heads 32]
+    python -m sglang_focus.bench.kernels [--batch-sizes 32,64,128,256] [--block-size 32] [--num-heads 32]
         [--num-kv-heads 8] [--head-dim 128] [--repeats 20] [--warmup 5] [--device cuda|cpu] [--cpu-threads N]
         [--out DIR]
 
@@ -14,7 +14,7 @@ are timed (the Triton kernels need a GPU to be timed meaningfully). Prints a mar
 DIR/kernels.json.
 
 Imports only torch, tqdm and ``sglang_focus.kernels`` (never SGLang), so it runs on a machine with torch and Triton
-alone. The timing and environment helpers here are shared with ``sglang_focus.bench_forward``.
+alone. The timing and environment helpers here are shared with ``sglang_focus.bench.forward``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from tqdm import tqdm
 
-KERNELS_SOURCE = Path(__file__).resolve().parent.parent / "kernels"
+KERNELS_SOURCE = Path(__file__).resolve().parents[2] / "kernels"
 NO_CUDA_LINE = "no CUDA device: timing the PyTorch references only"
 IMPORTANCE_TOLERANCE = 1e-4  # rtol and atol of the fp32 importance comparison
 
@@ -221,7 +221,7 @@ def check_agreement(name: str, call: Callable[[str], torch.Tensor], batch_size: 
         elif not torch.equal(triton_out, reference):
             raise AssertionError(f"{int((triton_out != reference).sum())} keep flags differ")
     except AssertionError as error:
-        raise SystemExit(f"bench_kernels: {name} at batch {batch_size}: Triton disagrees with the reference, "
+        raise SystemExit(f"bench.kernels: {name} at batch {batch_size}: Triton disagrees with the reference, "
                          f"no speedup reported\n{error}") from None
 
 
@@ -250,7 +250,7 @@ def bench_batch(kernels: ModuleType, shape: KernelShape, batch_size: int, args: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sglang_focus.bench_kernels", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sglang_focus.bench.kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int_list, default=[32, 64, 128, 256], help="requests per batch")
     parser.add_argument("--block-size", type=positive_int, default=32, help="candidates per request (<= 128)")
     parser.add_argument("--num-heads", type=positive_int, default=32)

@@ -1,13 +1,14 @@
 """Accuracy of stock LowConfidence vs FOCUS at the same threshold, on held-out task prompts, through real servers.
 
-    python -m sglang_focus.bench_accuracy --model-path models/sdar-tasks [--n 500] [--threshold 0.8] [--out DIR]
+    python -m sglang_focus.bench.accuracy --model-path models/sdar-tasks [--n 500] [--threshold 0.8] [--out DIR]
 
 Each arm is served in turn by `python -m sglang.launch_server` (same threshold, dtype and scheduler limits; see
-`sglang_focus.arms`) and answers the same held-out problems of the task suite (`sglang_focus.tasks`), sent as token
-ids so both arms see exactly the training tokenisation. Prints one table (exact-match accuracy per task and overall,
-tokens decoded per forward, kept ratio of masked rows, output tokens per second) and, with `--out DIR`, writes
-`DIR/accuracy.json`: `records` (one object per arm: arm, accuracy, n, threshold, per_task, ...), `agreement` (share
-of problems both arms answer identically), `answers` (every problem with each arm's answer) and `hardware`.
+`sglang_focus.bench.arms`) and answers the same held-out problems of the task suite
+(`sglang_focus.training.tasks`), sent as token ids so both arms see exactly the training tokenisation. Prints one
+table (exact-match accuracy per task and overall, tokens decoded per forward, kept ratio of masked rows, output
+tokens per second) and, with `--out DIR`, writes `DIR/accuracy.json`: `records` (one object per arm: arm, accuracy,
+n, threshold, per_task, ...), `agreement` (share of problems both arms answer identically), `answers` (every
+problem with each arm's answer) and `hardware`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from sglang_focus import arms, tasks
-from sglang_focus.local_server import LocalServer, ServerStartError
+from sglang_focus.bench import arms
+from sglang_focus.bench.local_server import LocalServer, ServerStartError
+from sglang_focus.training import tasks
 
 MAX_NEW_TOKENS = 64  # the longest answer is 41 tokens; the dLLM decodes whole blocks of 16
 
@@ -84,7 +86,7 @@ def format_table(records: Sequence[dict], task_names: Sequence[str]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sglang_focus.bench.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", type=Path, required=True, help="a checkpoint trained on the task suite")
     p.add_argument("--n", type=int, default=500, help="held-out problems (cycling through the tasks)")
     p.add_argument("--seed", default="0", help="held-out sample seed")
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         try:
             replies, seconds = run_arm(arm, args, payloads, cfg_dir)
         except (ServerStartError, arms.BenchRequestError) as err:
-            sys.exit(f"bench_accuracy: error: {arm} arm: {err}")
+            sys.exit(f"bench.accuracy: error: {arm} arm: {err}")
         completions[arm] = [completion_text(tokenizer, r) for r in replies]
         records.append(score_arm(arm, problems, completions[arm], replies, seconds=seconds,
                                  threshold=args.threshold, alpha=args.alpha if arm == "focus" else None))

@@ -1,8 +1,8 @@
 """Train a small SDAR block-diffusion model on the synthetic task suite, on the CPU, in plain PyTorch.
 
-`python -m sglang_focus.train --out DIR [--steps N] [--resume] [--layers 8] [--hidden 256] ...` writes an
+`python -m sglang_focus.training.train --out DIR [--steps N] [--resume] [--layers 8] [--hidden 256] ...` writes an
 HF-layout checkpoint SGLang 0.5.23 serves with its own SDAR class (config.json, model.safetensors, tokenizer
-files, as `tiny_models` writes them), plus `train_state.pt` (model, optimizer, step) for `--resume` and
+files, as `training.tiny_models` writes them), plus `train_state.pt` (model, optimizer, step) for `--resume` and
 `train_log.jsonl` (one line per logged step).
 
 Objective (block diffusion, as SDAR): the sequence is chat prompt + answer (ending with `<|im_end|>`, padded with
@@ -31,9 +31,9 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from sglang_focus import tasks
-from sglang_focus.tiny_models import _write_checkpoint, sdar_config
-from sglang_focus.tokenizer import EOS_TOKEN
+from sglang_focus.training import tasks
+from sglang_focus.training.tiny_models import _write_checkpoint, sdar_config
+from sglang_focus.training.tokenizer import EOS_TOKEN
 
 MIN_MASK_RATIO = 0.1
 VOCAB_MULTIPLE = 64

@@ -1,6 +1,6 @@
 """Forward microbenchmark of an SDAR-shaped decoder with random weights: stock vs FOCUS, per batch and kept fraction.
 
-    python -m sglang_focus.bench_forward [--preset sdar-8b|bundled|tiny] [--batch-sizes 32,64,128,256]
+    python -m sglang_focus.bench.forward [--preset sdar-8b|bundled|tiny] [--batch-sizes 32,64,128,256]
         [--kept-fractions 1.0,0.25,0.1] [--context-len N] [--repeats 10] [--warmup 3]
         [--dtype bf16|fp16|fp32] [--device cuda|cpu] [--cpu-threads N] [--out DIR]
 
@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sglang_focus.bench_kernels import add_cpu_threads_flag, apply_cpu_threads, environment, import_kernels
-from sglang_focus.bench_kernels import int_list, markdown_table, median_ms, positive_int, resolve_device
+from sglang_focus.bench.kernels import add_cpu_threads_flag, apply_cpu_threads, environment, import_kernels
+from sglang_focus.bench.kernels import int_list, markdown_table, median_ms, positive_int, resolve_device
 
-BUNDLED_CONFIG = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks" / "config.json"
+BUNDLED_CONFIG = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks" / "config.json"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -370,7 +370,7 @@ def require_focus_equals_stock(model: Decoder, x: torch.Tensor, kernels: ModuleT
     try:
         check_focus_matches_stock(model, x, kernels)
     except AssertionError as error:
-        raise SystemExit(f"bench_forward: FOCUS at kept fraction 1.0 differs from stock at batch {x.shape[0]}, no timings reported\n{error}") from None
+        raise SystemExit(f"bench.forward: FOCUS at kept fraction 1.0 differs from stock at batch {x.shape[0]}, no timings reported\n{error}") from None
 
 
 def layer_bound(num_layers: int, kept_share: float) -> float:
@@ -445,7 +445,7 @@ def kept_fraction_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sglang_focus.bench_forward", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sglang_focus.bench.forward", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=["sdar-8b", "bundled", "tiny"], default="sdar-8b")
     parser.add_argument("--batch-sizes", type=int_list, default=[32, 64, 128, 256], help="requests per batch")
     parser.add_argument("--kept-fractions", type=kept_fraction_list, default=[1.0, 0.25, 0.1],

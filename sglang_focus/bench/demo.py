@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sglang_focus import tasks
-from sglang_focus.local_server import LocalServer, ServerStartError
+from sglang_focus.training import tasks
+from sglang_focus.bench.local_server import LocalServer, ServerStartError
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "sdar-tasks"
+BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks"
 MAX_TOKENS = 64
 RIGHT, WRONG = "✓", "✗"
 DEMO_MIN_BATCH_TOKENS = 0  # evict at any batch size (see the module docstring)
@@ -66,7 +66,8 @@ def show(label: str, problem: tasks.Problem, answer: str, stats: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m sglang_focus.bench.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", type=Path, default=BUNDLED_MODEL)
     parser.add_argument("--seed", default="demo", help="which held-out problems to ask")
     parser.add_argument("--log", type=Path, default=Path(".cache/demo-server.log"))

@@ -1,0 +1,7 @@
+"""Building the models the project ships and tests with, offline and on the CPU.
+
+- ``tasks``: the seeded synthetic task suite (train / held-out split, prompts, exact-match checker).
+- ``tokenizer``: the small byte-level BPE tokenizer with its chat template and mask token.
+- ``train``: trains the bundled SDAR checkpoint; also its plain-PyTorch block-diffusion decoder.
+- ``tiny_models``: tiny random-weight SDAR and LLaDA2 checkpoints for the tests.
+"""
