@@ -1,36 +1,12 @@
-"""What SDAR and LLaDA2 share: module names differ, the decoder-layer structure does not."""
+"""The forward of a FOCUS-capable model class: SDAR and LLaDA2 differ in module names (their `DecoderAdapter`s),
+not in how they switch to the evicting forward."""
 
 from __future__ import annotations
 
 import torch
 
-from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, focus_forward
-
-
-class DecoderAdapter:
-    """Access by attribute name; subclasses add the q/k/v projection and the MLP call."""
-
-    embedding: str  # attribute of model.model holding the token embedding
-    attention_module: str  # attribute of a decoder layer holding its attention block
-    output_projection: str  # attribute of the attention block holding its output projection
-
-    def embed(self, model, input_ids):
-        return getattr(model.model, self.embedding)(input_ids)
-
-    def layers(self, model):
-        return model.model.layers
-
-    def final_norm(self, model):
-        return model.model.norm
-
-    def attention(self, layer):
-        return getattr(layer, self.attention_module)
-
-    def head_shape(self, attn):
-        return {"num_heads": attn.num_heads, "num_kv_heads": attn.num_kv_heads, "head_dim": attn.head_dim}
-
-    def attention_output(self, attn, context):
-        return getattr(attn, self.output_projection)(context)[0]
+from sglang_focus.forward.contract import FOCUS_INPUT_KEY, DecoderAdapter
+from sglang_focus.forward.model_forward import focus_forward
 
 
 class FocusForwardMixin:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sglang.srt.models.sdar import SDARForCausalLM
 from sglang.srt.models.utils import apply_qk_norm
 
-from sglang_focus.adapters.base import DecoderAdapter, FocusForwardMixin
+from sglang_focus.adapters.base import FocusForwardMixin
+from sglang_focus.forward.contract import DecoderAdapter
 
 
 class SdarAdapter(DecoderAdapter):

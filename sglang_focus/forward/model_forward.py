@@ -7,7 +7,7 @@ layer-1 attention and MLP and every later layer, the final norm and the LM head.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
@@ -17,16 +17,11 @@ from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_executor.forward_context import forward_context, get_forward_context, get_token_to_kv_pool
 
 from sglang_focus.forward.attention import replan_attention
+from sglang_focus.forward.contract import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY, DecoderAdapter
 from sglang_focus.forward.retain import candidate_importance, plan_retention
 from sglang_focus.forward.sub_batch import rows_batch
 from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import EvictionInput, RetainPlan
-
-if TYPE_CHECKING:
-    from sglang_focus.adapters.base import DecoderAdapter
-
-FOCUS_INPUT_KEY = "focus_eviction"  # model_specific_states key: EvictionInput for this forward
-FOCUS_RESULT_KEY = "focus_retained"  # written by the forward: RetainPlan
 
 
 class Scored(NamedTuple):
@@ -34,7 +29,7 @@ class Scored(NamedTuple):
     importance: torch.Tensor  # [total_m] fp32
 
 
-def focus_forward(adapter: "DecoderAdapter", model, input_ids: torch.Tensor, positions: torch.Tensor,
+def focus_forward(adapter: DecoderAdapter, model, input_ids: torch.Tensor, positions: torch.Tensor,
                   batch: ForwardBatch):
     """Run the evicting forward; returns the kept rows' LogitsProcessorOutput and stores the RetainPlan in the
     batch's model_specific_states (FOCUS_RESULT_KEY)."""

@@ -11,7 +11,7 @@ from sglang.srt.dllm.config import DllmConfig
 from sglang_focus.compat import assert_hooks_active
 from sglang_focus.config import SUPPORTED_ARCHITECTURES, parse_focus_config
 from sglang_focus.forward.attention import prefer_paged_attention
-from sglang_focus.forward.model_forward import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
+from sglang_focus.forward.contract import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
 from sglang_focus.forward.plan import StepPlan, plan_step
 from sglang_focus.forward.sub_batch import rows_batch
 from sglang_focus.stats import COUNT_FIELDS, STEP_KEY
