@@ -57,7 +57,7 @@ def parallel_answers(s, questions):
 @sgl.function
 def pick_task(s, question):
     s += sgl.user(f"{question} Which task is this?")
-    s += sgl.assistant(sgl.select("task", choices=list(tasks.TASKS)))
+    s += sgl.assistant(sgl.select("task", choices=list(tasks.SUITES[tasks.DEFAULT_SUITE])))
 
 
 def run_program(program, endpoint: sgl.RuntimeEndpoint, **arguments):

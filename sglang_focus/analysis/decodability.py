@@ -7,9 +7,14 @@ copy of the checkpoint (`sglang_focus.training.train`, token-for-token equal to 
 forward records, for each masked token of the current block: its layer-0 importance I0, layer-1 importance I1 and
 delta I1 - I0 (FOCUS_SPEC §4.3-4.4, computed by the kernels' PyTorch reference over the block's masked rows), and
 whether the step decoded it. Reports the ROC-AUC of each score for "decoded at this step" (pooled over all steps,
-and averaged within steps that decode some but not all of their candidates), plus the recall of FOCUS's own
-selection proxy (the top-k by delta, k = tokens decoded). Writes DIR/decodability.json, DIR/decodability.png
-(ROC curves and delta histograms) and DIR/steps.csv (one row per token per step).
+and averaged within steps that decode some but not all of their candidates) next to a positional baseline
+(leftmost first), the recall of the top-k by delta (k = tokens decoded), and tokens decoded per forward. Then
+replays FOCUS's real selection, and random and leftmost selectors with the same kept counts, on every step
+(`sglang_focus.analysis.selection`), with the budget reset per block and carried over the request.
+
+Writes DIR/decodability.json, DIR/decodability.png (ROC curves and delta histograms), DIR/selection.json,
+DIR/selection.png (recall vs kept share per selector, FOCUS by step within the block) and DIR/steps.csv (one row
+per token per step).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from typing import NamedTuple, Sequence
 import torch
 from tqdm import tqdm
 
-from sglang_focus.training import tasks
+from sglang_focus.analysis import selection
 from sglang_focus.kernels.reference import importance_reference
+from sglang_focus.training import tasks
 from sglang_focus.training.tokenizer import EOS_TOKEN
 
-SCORES = ("delta", "i1", "i0")  # the claim, then the two single-layer ablations
-LABELS = {"delta": "delta = I1 - I0", "i1": "I1 alone", "i0": "I0 alone"}
+# The claim, the two single-layer ablations, and a positional baseline (leftmost candidate first).
+SCORES = ("delta", "i1", "i0", "leftmost")
+LABELS = {"delta": "delta = I1 - I0", "i1": "I1 alone", "i0": "I0 alone", "leftmost": "leftmost first"}
+OUTPUTS = ("decodability.json", "decodability.png", "selection.json", "selection.png", "steps.csv")
 
 
 class TokenStep(NamedTuple):
@@ -43,6 +51,23 @@ class TokenStep(NamedTuple):
     i1: float
     delta: float
     decoded: bool  # the LowConfidence rule decoded it at this step
+    block: int  # absolute position of the block's first token
+    block_step: int  # denoising step within the block (0-based)
+    prefill: bool  # the block's first step while it still holds prompt tokens
+
+    @property
+    def leftmost(self) -> float:
+        return -float(self.position)
+
+
+class Decoding(NamedTuple):
+    """Per-request totals of the stock decoding."""
+
+    task: str
+    correct: bool
+    decoded: int  # tokens unmasked
+    steps: int  # denoising forwards
+    blocks: int  # blocks decoded (SGLang runs one more forward per block to commit it)
 
 
 def step_importances(qk: Sequence, start: int, masked: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,26 +82,29 @@ def step_importances(qk: Sequence, start: int, masked: Sequence[int]) -> tuple[t
 
 
 def record_problem(model, tokenizer, problem: tasks.Problem, request: int, *, threshold: float,
-                   max_new_tokens: int) -> tuple[list[TokenStep], bool]:
-    """Every masked token of every denoising step of one request; and whether the answer was correct."""
+                   max_new_tokens: int) -> tuple[list[TokenStep], Decoding]:
+    """Every masked token of every denoising step of one request; and the request's totals."""
     from sglang_focus.training.train import block_diffusion_generate
 
     rows: list[TokenStep] = []
-    steps = 0
+    steps, block_steps = 0, {}
+    prompt, _ = tasks.encode_problem(tokenizer, problem)
 
     def observe(step) -> None:
         nonlocal steps
         i0, i1 = step_importances(step.qk, step.start, step.masked)
         index, steps = steps, steps + 1
+        in_block = block_steps.get(step.start, 0)
+        block_steps[step.start] = in_block + 1
+        prefill = in_block == 0 and step.start < len(prompt)
         for j, pos in enumerate(step.masked):
             rows.append(TokenStep(request, problem.task, index, pos, len(step.masked), float(i0[j]), float(i1[j]),
-                                  float(i1[j] - i0[j]), pos in step.chosen))
+                                  float(i1[j] - i0[j]), pos in step.chosen, step.start, in_block, prefill))
 
-    prompt, _ = tasks.encode_problem(tokenizer, problem)
     result = block_diffusion_generate(model, prompt, threshold=threshold, max_new_tokens=max_new_tokens,
                                       eos_id=tokenizer.token_to_id(EOS_TOKEN), on_step=observe)
     correct = tasks.is_correct(problem, tokenizer.decode(result.ids, skip_special_tokens=False))
-    return rows, correct
+    return rows, Decoding(problem.task, correct, result.decoded, result.steps, result.blocks)
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
@@ -116,6 +144,16 @@ def _by_step(rows: Sequence[TokenStep]) -> list[list[TokenStep]]:
     return list(groups.values())
 
 
+def decoding_rates(decodings: Sequence[Decoding], block_size: int) -> dict:
+    """Tokens decoded per denoising step and per forward as SGLang counts them (one commit forward per block)."""
+    decoded = sum(d.decoded for d in decodings)
+    steps, forwards = sum(d.steps for d in decodings), sum(d.steps + d.blocks for d in decodings)
+    per_forward = decoded / forwards if forwards else None
+    return {"tokens_per_step": decoded / steps if steps else None, "tokens_per_forward": per_forward,
+            "block_share_per_forward": per_forward / block_size if per_forward is not None else None,
+            "block_size": block_size}
+
+
 def chance_top_k_recall(rows: Sequence[TokenStep]) -> float | None:
     """`top_k_recall` of a random ranking: the decoded-weighted mean of k / m."""
     groups = _by_step(rows)
@@ -131,6 +169,15 @@ def top_k_recall(rows: Sequence[TokenStep], score: str) -> float | None:
         top = sorted(g, key=lambda r: getattr(r, score), reverse=True)[:k]
         hit, total = hit + sum(r.decoded for r in top), total + k
     return hit / total if total else None
+
+
+def per_task_summary(rows: Sequence[TokenStep], decodings: Sequence[Decoding], block_size: int) -> dict:
+    out = {}
+    for task in sorted({d.task for d in decodings}):
+        mine = [d for d in decodings if d.task == task]
+        out[task] = {"accuracy": sum(d.correct for d in mine) / len(mine), **decoding_rates(mine, block_size),
+                     **summarize([r for r in rows if r.task == task])}
+    return out
 
 
 def summarize(rows: Sequence[TokenStep]) -> dict:
@@ -183,7 +230,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=200, help="held-out problems to decode")
     p.add_argument("--seed", default="0", help="held-out sample seed")
     p.add_argument("--threshold", type=float, default=0.8, help="LowConfidence threshold τ")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--alpha", type=float, default=1.5, help="FOCUS budget factor α for the selection replay")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(".cache/decodability"))
     args = p.parse_args(argv)
@@ -201,36 +249,68 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.model_path)
     model.eval()
-    rows: list[TokenStep] = []
-    correct, began = 0, time.perf_counter()
-    for i, problem in enumerate(tqdm(tasks.generate("heldout", args.n, seed=args.seed), desc="decode", unit="req")):
-        request_rows, ok = record_problem(model, tokenizer, problem, i, threshold=args.threshold,
-                                          max_new_tokens=args.max_new_tokens)
-        rows += request_rows
-        correct += ok
+    began = time.perf_counter()
+    rows, decodings = decode_heldout(model, tokenizer, args)
     summary = {"model": args.model_path.name, "n": args.n, "threshold": args.threshold,
-               "accuracy": correct / args.n, "seconds": round(time.perf_counter() - began, 1), **summarize(rows)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decodability.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_csv(rows, args.out / "steps.csv")
-    save_plot(rows, summary, args.out / "decodability.png",
-              f"{args.model_path.name}: {summary['tokens']} masked tokens over {summary['steps']} steps, "
-              f"τ = {args.threshold}")
+               "accuracy": sum(d.correct for d in decodings) / args.n,
+               **decoding_rates(decodings, model.cfg["block_size"]), **summarize(rows),
+               "per_task": per_task_summary(rows, decodings, model.cfg["block_size"]),
+               "seconds": round(time.perf_counter() - began, 1)}
+    selections = {reset: selection.report(selection.replay(selection.group_steps(rows), alpha=args.alpha,
+                                                           budget_reset=reset))
+                  for reset in selection.BUDGET_RESETS}
+    write_outputs(args, rows, summary, selections)
     print_summary(summary)
-    print(f"wrote {args.out / 'decodability.json'}, {args.out / 'decodability.png'}, {args.out / 'steps.csv'}")
+    for reset, result in selections.items():
+        print(selection.format_report(result, alpha=args.alpha, budget_reset=reset))
     return summary
 
 
+def decode_heldout(model, tokenizer, args: argparse.Namespace) -> tuple[list[TokenStep], list[Decoding]]:
+    rows: list[TokenStep] = []
+    decodings: list[Decoding] = []
+    problems = tasks.generate("heldout", args.n, seed=args.seed, tasks=tasks.suite_of(args.model_path))
+    for i, problem in enumerate(tqdm(problems, desc="decode", unit="req")):
+        request_rows, decoding = record_problem(model, tokenizer, problem, i, threshold=args.threshold,
+                                                max_new_tokens=args.max_new_tokens)
+        rows += request_rows
+        decodings.append(decoding)
+    return rows, decodings
+
+
+def write_outputs(args: argparse.Namespace, rows: Sequence[TokenStep], summary: dict, selections: dict) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decodability.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "selection.json").write_text(json.dumps(
+        {"model": summary["model"], "n": summary["n"], "threshold": args.threshold, "alpha": args.alpha,
+         "budget_reset": selections}, indent=2) + "\n")
+    write_csv(rows, args.out / "steps.csv")
+    title = (f"{args.model_path.name}: {summary['tokens']} masked tokens over {summary['steps']} steps, "
+             f"τ = {args.threshold}")
+    save_plot(rows, summary, args.out / "decodability.png", title)
+    selection.save_plot(selections, args.out / "selection.png", f"{title}, α = {args.alpha}")
+    print(f"wrote {', '.join(str(args.out / f) for f in OUTPUTS)}")
+
+
 def print_summary(summary: dict) -> None:
-    print(f"\n{summary['model']}: {summary['n']} held-out requests, {summary['steps']} denoising steps, "
-          f"{summary['tokens']} masked tokens ({summary['decoded']} decoded at their step), τ = {summary['threshold']}")
-    print(f"{'score':18} {'ROC-AUC':>8} {'within-step':>12} {'top-k recall':>13}")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"\n{summary['model']}: {summary['n']} held-out requests, {summary['steps']} denoising steps, "
+          f"{summary['tokens']} masked tokens ({summary['decoded']} decoded at their step), τ = {summary['threshold']}, "
+          f"accuracy {summary['accuracy']:.3f}")
+    print(f"tokens per step {fmt(summary['tokens_per_step'])}, per forward {fmt(summary['tokens_per_forward'])} "
+          f"({100 * (summary['block_share_per_forward'] or 0):.1f} % of a {summary['block_size']}-token block)")
+    print(f"{'score':18} {'ROC-AUC':>8} {'within-step':>12} {'top-k recall':>13}")
     for score in SCORES:
         s = summary[score]
         print(f"{LABELS[score]:18} {fmt(s['roc_auc']):>8} {fmt(s['within_step_roc_auc']):>12} "
               f"{fmt(s['top_k_recall']):>13}")
     print(f"{'random ranking':18} {0.5:>8.3f} {0.5:>12.3f} {fmt(summary['chance_top_k_recall']):>13}")
+    print(f"\n{'task':10} {'accuracy':>8} {'tok/fwd':>8} {'tokens':>7} {'decoded':>8} {'delta within':>13} "
+          f"{'leftmost within':>16}")
+    for task, t in summary["per_task"].items():
+        print(f"{task:10} {t['accuracy']:>8.3f} {fmt(t['tokens_per_forward']):>8} {t['tokens']:>7} "
+              f"{t['decoded'] / max(1, t['tokens']):>8.2f} {fmt(t['delta']['within_step_roc_auc']):>13} "
+              f"{fmt(t['leftmost']['within_step_roc_auc']):>16}")
 
 
 if __name__ == "__main__":

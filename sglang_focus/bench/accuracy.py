@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json"))
-    problems = tasks.generate("heldout", args.n, seed=args.seed)
+    problems = tasks.generate("heldout", args.n, seed=args.seed, tasks=tasks.suite_of(args.model_path))
     payloads = [problem_payload(tokenizer, p) for p in problems]
     cfg_dir, records, completions = arms.config_dir(), [], {}
     for arm in args.arms:

@@ -53,7 +53,7 @@ class Round(NamedTuple):
 
 def task_workload(model_path: Path, n: int, max_new_tokens: int) -> Workload:
     tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
-    problems = tasks.generate("heldout", n, seed="throughput")
+    problems = tasks.generate("heldout", n, seed="throughput", tasks=tasks.suite_of(model_path))
     payloads = [problem_payload(tokenizer, p) for p in problems]
     for payload in payloads:
         payload["sampling_params"]["max_new_tokens"] = max_new_tokens

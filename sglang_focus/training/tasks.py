@@ -1,22 +1,31 @@
-"""A seeded synthetic task suite with exact-match answers, for training and scoring the bundled checkpoint.
+"""A seeded synthetic task suite with exactly checked answers, for training and scoring the bundled checkpoint.
 
-Five task families, each mixing easy tokens (fixed template words, copies from the prompt) with hard ones (sums,
-orderings, looked-up values), and each answer long enough to span at least two blocks of 16 tokens:
+The suite is built so that a model decodes it the way real diffusion LLMs decode text: few tokens per step and
+roughly left to right. Every family has at least one of the two properties that force that:
 
-* `arith`: three-step left-to-right addition/subtraction chains with worked steps ("23+8=31, 31-5=26. Answer: 26").
-* `sort`: sort 5-7 distinct two-digit numbers ascending.
-* `reverse`: reverse a comma-separated list of 8-12 words.
-* `lookup`: read 4 values out of a key=value table in the prompt.
-* `profile`: a templated paragraph filling slots from the prompt, plus one computed slot (age next year).
+* later answer tokens depend on earlier *answer* tokens, not only on the prompt (a state is carried along);
+* several answers are valid and the first choice constrains the rest, so a position only becomes certain once the
+  positions before it are fixed.
+
+Copy-like content (names, values from the prompt) sits inside every answer, as it does in real answers.
+
+* `walk`: trace a walk on a 10 x 10 grid; every position is the previous one moved by the next listed move.
+* `chain`: add a list of digits one by one keeping only the last digit; every step starts from the previous result.
+* `sort`: sort 5-7 distinct two-digit numbers; each number is the smallest one above the previous.
+* `pick`: name every item of two given colours, each group in any order (all orders are accepted).
+* `story`: tell four people's facts as sentences, in any order (all orders are accepted).
 
 A problem is fully determined by its task and parameters; their canonical form (`Problem.key`) is hashed into the
-"train" or "heldout" split (`split_of`), so the two splits are disjoint by construction whatever the seeds. Prompts
-are the user turn of the tokenizer's chat template; answers are the assistant turn and end with `<|im_end|>`.
+"train" or "heldout" split (`split_of`), so the two splits are disjoint by construction whatever the seeds. For the
+any-order families the order is not part of the key: training draws a random valid order per sample
+(`training_answer`), scoring accepts every valid order (`is_correct`). Prompts are the user turn of the
+tokenizer's chat template; answers are the assistant turn and end with `<|im_end|>`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from pathlib import Path
@@ -30,7 +39,7 @@ from sglang_focus.training.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer
 SPLITS = ("train", "heldout")
 HELDOUT_PERCENT = 10  # share of the problem space whose hash puts it in "heldout"
 END_MARKERS = (EOS_TOKEN, PAD_TOKEN)  # a completion's answer stops at the first of these
-TASK_VOCAB = 1024  # BPE stops merging near 800 on this corpus; the model pads its vocabulary to 64
+TASK_VOCAB = 1024  # BPE stops merging well below this on the corpus; the model pads its vocabulary to 64
 TOKENIZER_CORPUS_SIZE = 4000
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 
@@ -40,27 +49,36 @@ CITIES = ("Paris", "Berlin", "Madrid", "Rome", "Vienna", "Oslo", "Lisbon", "Prag
           "Athens", "Zurich", "Tokyo", "Lima", "Cairo", "Seoul", "Delhi", "Quito", "Sydney", "Boston")
 JOBS = ("baker", "doctor", "teacher", "pilot", "farmer", "painter", "nurse", "lawyer", "chef", "driver",
         "singer", "writer", "tailor", "barber", "miner", "sailor", "judge", "coach", "clerk", "guard")
+ITEMS = ("apple", "lamp", "rope", "chair", "clock", "shoe", "bread", "coin", "glass", "brush", "knife", "plate",
+         "shirt", "spoon", "table", "towel", "wheel", "nail", "bell", "box", "pen", "map", "ring", "bag")
 PETS = ("cat", "dog", "horse", "parrot", "rabbit", "turtle", "goat", "hamster", "fish", "snake")
 WORDS = ("red", "blue", "green", "black", "white", "gold", "pink", "gray", "cat", "dog", "fox", "owl", "bee",
          "cow", "pig", "hen", "sun", "moon", "star", "rain", "snow", "wind", "tree", "rock", "lake", "hill",
          "road", "door", "book", "cup", "hat", "key")
-ITEMS = ("apple", "lamp", "rope", "chair", "clock", "shoe", "bread", "coin", "glass", "brush", "knife", "plate",
-         "shirt", "spoon", "table", "towel", "wheel", "nail", "bell", "box", "pen", "map", "ring", "bag")
+COLOURS = ("red", "blue", "green", "black", "white")
+MOVES = {"up": (0, 1), "down": (0, -1), "left": (-1, 0), "right": (1, 0)}
+GRID = 10  # walk coordinates stay in 0..GRID-1: one digit each
+PICK_ITEMS = 10  # items listed in a `pick` prompt, 2-4 of each asked colour
+STORY_PEOPLE = 4
 
 
 class Problem(msgspec.Struct, frozen=True):
-    """One task instance; `answer` is the assistant text without the end marker."""
+    """One task instance; `answer` is one valid assistant text (the canonical one) without the end marker."""
 
     task: str  # a key of TASKS
     key: str  # canonical form: task + JSON parameters; decides the split
+    params: list  # the task parameters `key` was made from (JSON-serialisable)
     prompt: str  # user message (plain text, no chat markup)
-    answer: str  # expected assistant message (plain text, no end marker)
+    answer: str  # canonical expected assistant message (plain text, no end marker)
 
 
 class TaskSpec(NamedTuple):
     draw: Callable[[random.Random], list]  # random parameters (JSON-serialisable)
-    render: Callable[[list], tuple[str, str]]  # parameters -> (prompt, answer)
+    prompt: Callable[[list], str]  # parameters -> user message
+    answers: Callable[[list], list[str]]  # parameters -> every valid answer; the first is canonical
 
+
+# tasks-v1 (the 16-token checkpoint `models/sdar-tasks`) -----------------------------------------------------------
 
 def _draw_arith(rng: random.Random) -> list:
     start = value = rng.randint(10, 59)
@@ -73,66 +91,184 @@ def _draw_arith(rng: random.Random) -> list:
     return [start, ops]
 
 
-def _render_arith(params: list) -> tuple[str, str]:
+def _arith_prompt(params: list) -> str:
+    start, ops = params
+    return f"Compute {start}{''.join(f'{op}{b}' for op, b in ops)} step by step."
+
+
+def _arith_answers(params: list) -> list[str]:
     value, ops = params
-    expr, steps = str(value), []
+    steps = []
     for op, b in ops:
         new = value + b if op == "+" else value - b
-        expr += f"{op}{b}"
         steps.append(f"{value}{op}{b}={new}")
         value = new
-    return f"Compute {expr} step by step.", f"{', '.join(steps)}. Answer: {value}"
-
-
-def _draw_sort(rng: random.Random) -> list:
-    return rng.sample(range(10, 100), rng.randint(5, 7))
-
-
-def _render_sort(params: list) -> tuple[str, str]:
-    return (f"Sort ascending: {' '.join(map(str, params))}.",
-            f"Sorted: {' '.join(map(str, sorted(params)))}.")
+    return [f"{', '.join(steps)}. Answer: {value}"]
 
 
 def _draw_reverse(rng: random.Random) -> list:
     return [rng.choice(WORDS) for _ in range(rng.randint(8, 12))]
 
 
-def _render_reverse(params: list) -> tuple[str, str]:
-    return f"Reverse the list: {', '.join(params)}.", f"Reversed: {', '.join(reversed(params))}."
+def _reverse_prompt(params: list) -> str:
+    return f"Reverse the list: {', '.join(params)}."
+
+
+def _reverse_answers(params: list) -> list[str]:
+    return [f"Reversed: {', '.join(reversed(params))}."]
 
 
 def _draw_lookup(rng: random.Random) -> list:
     keys = rng.sample(ITEMS, 7)
-    table = [[k, rng.randint(10, 99)] for k in keys]
-    return [table, rng.sample(keys, 4)]
+    return [[[k, rng.randint(10, 99)] for k in keys], rng.sample(keys, 4)]
 
 
-def _render_lookup(params: list) -> tuple[str, str]:
+def _lookup_prompt(params: list) -> str:
+    table, queries = params
+    return f"Table: {', '.join(f'{k}={v}' for k, v in table)}. Look up: {', '.join(queries)}."
+
+
+def _lookup_answers(params: list) -> list[str]:
     table, queries = params
     values = dict((k, v) for k, v in table)
-    prompt = f"Table: {', '.join(f'{k}={v}' for k, v in table)}. Look up: {', '.join(queries)}."
-    return prompt, f"{', '.join(f'{q}={values[q]}' for q in queries)}."
+    return [f"{', '.join(f'{q}={values[q]}' for q in queries)}."]
 
 
 def _draw_profile(rng: random.Random) -> list:
     return [rng.choice(NAMES), rng.randint(20, 69), rng.choice(CITIES), rng.choice(JOBS), rng.choice(PETS)]
 
 
-def _render_profile(params: list) -> tuple[str, str]:
+def _profile_prompt(params: list) -> str:
     name, age, city, job, pet = params
-    prompt = f"Name: {name}. Age: {age}. City: {city}. Job: {job}. Pet: {pet}. Write a profile."
-    answer = (f"{name} is {age} years old and lives in {city}. {name} works as a {job} and has a {pet}. "
-              f"Next year {name} will be {age + 1}.")
-    return prompt, answer
+    return f"Name: {name}. Age: {age}. City: {city}. Job: {job}. Pet: {pet}. Write a profile."
+
+
+def _profile_answers(params: list) -> list[str]:
+    name, age, city, job, pet = params
+    return [f"{name} is {age} years old and lives in {city}. {name} works as a {job} and has a {pet}. "
+            f"Next year {name} will be {age + 1}."]
+
+
+# walk -----------------------------------------------------------------------------------------------------------
+
+def _draw_walk(rng: random.Random) -> list:
+    x, y = rng.randrange(GRID), rng.randrange(GRID)
+    start, moves = [x, y], []
+    for _ in range(rng.randint(6, 9)):
+        name = rng.choice([m for m, (dx, dy) in MOVES.items() if 0 <= x + dx < GRID and 0 <= y + dy < GRID])
+        x, y = x + MOVES[name][0], y + MOVES[name][1]
+        moves.append(name)
+    return [start, moves]
+
+
+def _walk_prompt(params: list) -> str:
+    (x, y), moves = params
+    return f"Start at ({x},{y}). Moves: {', '.join(moves)}. Trace the walk."
+
+
+def _walk_answers(params: list) -> list[str]:
+    (x, y), moves = params
+    trace = []
+    for name in moves:
+        x, y = x + MOVES[name][0], y + MOVES[name][1]
+        trace.append(f"{name} ({x},{y})")
+    return [f"{', '.join(trace)}. End: ({x},{y})."]
+
+
+# chain ----------------------------------------------------------------------------------------------------------
+
+def _draw_chain(rng: random.Random) -> list:
+    return [rng.randrange(10), [rng.randint(1, 9) for _ in range(rng.randint(6, 8))]]
+
+
+def _chain_prompt(params: list) -> str:
+    start, digits = params
+    return f"Start with {start}. Add {' '.join(map(str, digits))}, keeping the last digit."
+
+
+def _chain_answers(params: list) -> list[str]:
+    value, digits = params
+    steps = []
+    for d in digits:
+        steps.append(f"{value}+{d}={(value + d) % 10}")
+        value = (value + d) % 10
+    return [f"{', '.join(steps)}. Answer: {value}."]
+
+
+# sort -----------------------------------------------------------------------------------------------------------
+
+def _draw_sort(rng: random.Random) -> list:
+    return rng.sample(range(10, 100), rng.randint(5, 7))
+
+
+def _sort_prompt(params: list) -> str:
+    return f"Sort ascending: {' '.join(map(str, params))}."
+
+
+def _sort_answers(params: list) -> list[str]:
+    return [f"Sorted: {' '.join(map(str, sorted(params)))}."]
+
+
+# pick -----------------------------------------------------------------------------------------------------------
+
+def _draw_pick(rng: random.Random) -> list:
+    asked = rng.sample(COLOURS, 2)
+    colours = [c for c in asked for _ in range(rng.randint(2, 4))]
+    colours += [rng.choice([c for c in COLOURS if c not in asked]) for _ in range(PICK_ITEMS - len(colours))]
+    rng.shuffle(colours)
+    return [[[c, item] for c, item in zip(colours, rng.sample(ITEMS, PICK_ITEMS))], asked]
+
+
+def _pick_prompt(params: list) -> str:
+    table, asked = params
+    items = ", ".join(f"{c} {item}" for c, item in table)
+    return f"Items: {items}. Name every {asked[0]} and every {asked[1]} item, any order."
+
+
+def _pick_answers(params: list) -> list[str]:
+    table, asked = params
+    groups = [[item for c, item in table if c == colour] for colour in asked]
+    orders = [list(itertools.permutations(group)) for group in groups]
+    return [f"{asked[0].capitalize()}: {', '.join(a)}. {asked[1].capitalize()}: {', '.join(b)}."
+            for a, b in itertools.product(*orders)]
+
+
+# story ----------------------------------------------------------------------------------------------------------
+
+def _draw_story(rng: random.Random) -> list:
+    return [list(person) for person in zip(*(rng.sample(pool, STORY_PEOPLE) for pool in (NAMES, CITIES, JOBS)))]
+
+
+def _story_prompt(params: list) -> str:
+    facts = "; ".join(f"{name}, {city}, {job}" for name, city, job in params)
+    return f"Facts: {facts}. Tell them in any order."
+
+
+def _story_answers(params: list) -> list[str]:
+    sentences = [f"{name} lives in {city} and works as a {job}." for name, city, job in params]
+    return [" ".join(order) for order in itertools.permutations(sentences)]
 
 
 TASKS: dict[str, TaskSpec] = {
-    "arith": TaskSpec(_draw_arith, _render_arith),
-    "sort": TaskSpec(_draw_sort, _render_sort),
-    "reverse": TaskSpec(_draw_reverse, _render_reverse),
-    "lookup": TaskSpec(_draw_lookup, _render_lookup),
-    "profile": TaskSpec(_draw_profile, _render_profile),
+    "arith": TaskSpec(_draw_arith, _arith_prompt, _arith_answers),
+    "reverse": TaskSpec(_draw_reverse, _reverse_prompt, _reverse_answers),
+    "lookup": TaskSpec(_draw_lookup, _lookup_prompt, _lookup_answers),
+    "profile": TaskSpec(_draw_profile, _profile_prompt, _profile_answers),
+    "walk": TaskSpec(_draw_walk, _walk_prompt, _walk_answers),
+    "chain": TaskSpec(_draw_chain, _chain_prompt, _chain_answers),
+    "sort": TaskSpec(_draw_sort, _sort_prompt, _sort_answers),
+    "pick": TaskSpec(_draw_pick, _pick_prompt, _pick_answers),
+    "story": TaskSpec(_draw_story, _story_prompt, _story_answers),
 }
+
+# A checkpoint is trained on one suite and names it in its config.json (`task_suite`; absent: the first suite).
+SUITES: dict[str, tuple[str, ...]] = {
+    "tasks-v1": ("arith", "sort", "reverse", "lookup", "profile"),
+    "tasks-v2": ("walk", "chain", "sort", "pick", "story"),
+}
+DEFAULT_SUITE = "tasks-v1"  # the suite of the embedded default checkpoint (`models/sdar-tasks`)
+NEWEST_SUITE = "tasks-v2"  # what `train` trains on unless told otherwise
+SUITE_CONFIG_KEY = "task_suite"
 
 
 def canonical_key(task: str, params: list) -> str:
@@ -146,8 +282,9 @@ def split_of(key: str) -> str:
 
 
 def make_problem(task: str, params: list) -> Problem:
-    prompt, answer = TASKS[task].render(params)
-    return Problem(task=task, key=canonical_key(task, params), prompt=prompt, answer=answer)
+    spec = TASKS[task]
+    return Problem(task=task, key=canonical_key(task, params), params=params, prompt=spec.prompt(params),
+                   answer=spec.answers(params)[0])
 
 
 def draw_problem(rng: random.Random, task: str, split: str) -> Problem:
@@ -156,12 +293,24 @@ def draw_problem(rng: random.Random, task: str, split: str) -> Problem:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     while True:
         params = TASKS[task].draw(rng)
-        key = canonical_key(task, params)
-        if split_of(key) == split:
+        if split_of(canonical_key(task, params)) == split:
             return make_problem(task, params)
 
 
-def iter_problems(split: str, seed: int | str, tasks: Sequence[str] = tuple(TASKS)) -> Iterator[Problem]:
+def config_suite(config: dict) -> tuple[str, ...]:
+    """The task families a checkpoint with this config.json was trained on (`task_suite`; absent: the first)."""
+    name = config.get(SUITE_CONFIG_KEY, next(iter(SUITES)))
+    if name not in SUITES:
+        raise ValueError(f"unknown task_suite {name!r} in the checkpoint config (known: {', '.join(SUITES)})")
+    return SUITES[name]
+
+
+def suite_of(model_dir: Path) -> tuple[str, ...]:
+    """The task families the checkpoint in `model_dir` was trained on."""
+    return config_suite(json.loads((Path(model_dir) / "config.json").read_text()))
+
+
+def iter_problems(split: str, seed: int | str, tasks: Sequence[str] = SUITES[DEFAULT_SUITE]) -> Iterator[Problem]:
     """An endless, seed-determined stream of `split` problems, cycling through `tasks` in order."""
     rng = random.Random(f"sglang-focus-tasks:{split}:{seed}")
     i = 0
@@ -170,10 +319,20 @@ def iter_problems(split: str, seed: int | str, tasks: Sequence[str] = tuple(TASK
         i += 1
 
 
-def generate(split: str, n: int, seed: int | str = 0, tasks: Sequence[str] = tuple(TASKS)) -> list[Problem]:
+def generate(split: str, n: int, seed: int | str = 0, tasks: Sequence[str] = SUITES[DEFAULT_SUITE]) -> list[Problem]:
     """The first `n` problems of `iter_problems(split, seed, tasks)`."""
     stream = iter_problems(split, seed, tasks)
     return [next(stream) for _ in range(n)]
+
+
+def valid_answers(problem: Problem) -> list[str]:
+    """Every accepted assistant text of `problem` (one for the sequential families, every order for the others)."""
+    return TASKS[problem.task].answers(problem.params)
+
+
+def training_answer(problem: Problem, rng: random.Random) -> str:
+    """The answer a training sample uses: a uniformly drawn valid answer (the canonical one when there is one)."""
+    return rng.choice(valid_answers(problem))
 
 
 def normalize(text: str) -> str:
@@ -188,8 +347,8 @@ def extract_answer(completion: str) -> str:
 
 
 def is_correct(problem: Problem, completion: str) -> bool:
-    """Exact match of the completion (cut at the end marker, whitespace-normalised) against the answer."""
-    return extract_answer(completion) == normalize(problem.answer)
+    """The completion (cut at the end marker, whitespace-normalised) is one of the problem's valid answers."""
+    return extract_answer(completion) in {normalize(a) for a in valid_answers(problem)}
 
 
 def chat_prompt(user_text: str) -> str:
@@ -197,20 +356,21 @@ def chat_prompt(user_text: str) -> str:
     return f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def tokenizer_corpus(n: int = TOKENIZER_CORPUS_SIZE, seed: int = 0) -> Iterator[str]:
-    """Training-split conversations without special tokens (the BPE trainer must not merge across them) and
-    without digits: the task tokenizer splits digits one per token, so merges involving digits would be dead."""
-    for problem in generate("train", n, seed=f"tokenizer:{seed}"):
+def tokenizer_corpus(tasks: Sequence[str], n: int = TOKENIZER_CORPUS_SIZE, seed: int = 0) -> Iterator[str]:
+    """Training-split conversations of `tasks` without special tokens (the BPE trainer must not merge across
+    them) and without digits: the task tokenizer splits digits one per token, so merges with digits would be dead."""
+    for problem in generate("train", n, seed=f"tokenizer:{seed}", tasks=tasks):
         text = f"user\n{problem.prompt}\nassistant\n{problem.answer}\n"
         yield text.translate(_NO_DIGITS)
 
 
-def build_task_tokenizer(vocab_size: int = TASK_VOCAB, seed: int = 0) -> Tokenizer:
-    """The suite's byte-level BPE, with digits always split one per token (learnable arithmetic and sorting).
+def build_task_tokenizer(tasks: Sequence[str] = SUITES[DEFAULT_SUITE], vocab_size: int = TASK_VOCAB,
+                         seed: int = 0) -> Tokenizer:
+    """The byte-level BPE of a suite's `tasks`, with digits always split one per token (learnable arithmetic and sorting).
 
     The corpus holds no digits, so the single digits come from the byte alphabet and no merge is wasted on them.
     """
-    tokenizer = train_tokenizer(tokenizer_corpus(seed=seed), vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(tasks, seed=seed), vocab_size)
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
@@ -223,8 +383,9 @@ def save_task_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> dict[str, int]:
     return save_tokenizer(tokenizer, Path(out_dir), model_max_length=2048)
 
 
-def encode_problem(tokenizer: Tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
-    """(prompt ids through the chat template, answer ids ending with `<|im_end|>`)."""
+def encode_problem(tokenizer: Tokenizer, problem: Problem, answer: str | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids through the chat template, ids of `answer` (default: the canonical one) ending with
+    `<|im_end|>`)."""
     prompt = tokenizer.encode(chat_prompt(problem.prompt)).ids
-    answer = tokenizer.encode(problem.answer).ids + [tokenizer.token_to_id(EOS_TOKEN)]
-    return prompt, answer
+    text = problem.answer if answer is None else answer
+    return prompt, tokenizer.encode(text).ids + [tokenizer.token_to_id(EOS_TOKEN)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -353,24 +354,28 @@ def evaluate(model: SdarLM, tokenizer: Tokenizer, problems: Sequence[tasks.Probl
 
 
 def model_config(args: argparse.Namespace, vocab_size: int, special: dict[str, int]) -> dict:
+    """The SDAR config.json of the model `args` describe, naming the task suite it is trained on."""
     heads = args.heads
-    return sdar_config(vocab_size=-(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE, special=special,
+    config = sdar_config(vocab_size=-(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE, special=special,
                        hidden=args.hidden, layers=args.layers, heads=heads, kv_heads=args.kv_heads,
                        head_dim=args.head_dim or args.hidden // heads,
                        intermediate=args.intermediate or 3 * args.hidden, block_size=args.block_size)
+    return {**config, tasks.SUITE_CONFIG_KEY: args.task_suite}
 
 
-def prepare_tokenizer(out: Path, *, seed: int, reuse: bool) -> tuple[Tokenizer, dict[str, int]]:
-    """The task tokenizer, built and saved into `out` (or reused from there when resuming)."""
+def prepare_tokenizer(out: Path, *, suite: str, seed: int, reuse: bool) -> tuple[Tokenizer, dict[str, int]]:
+    """The tokenizer of task `suite`, built and saved into `out` (or reused from there when resuming)."""
     path = out / "tokenizer.json"
-    tokenizer = Tokenizer.from_file(str(path)) if reuse and path.exists() else tasks.build_task_tokenizer(seed=seed)
+    tokenizer = (Tokenizer.from_file(str(path)) if reuse and path.exists()
+                 else tasks.build_task_tokenizer(tasks.SUITES[suite], seed=seed))
     return tokenizer, tasks.save_task_tokenizer(tokenizer, out)
 
 
-def training_examples(tokenizer: Tokenizer, *, seed: int, step: int, batch_size: int) -> list[Example]:
+def training_examples(tokenizer: Tokenizer, *, suite: str, seed: int, step: int, batch_size: int) -> list[Example]:
     """The training problems of `step`: a function of (seed, step) only, so `--resume` sees the same data."""
-    problems = tasks.generate("train", batch_size, seed=f"{seed}:{step}")
-    return [Example(*tasks.encode_problem(tokenizer, p)) for p in problems]
+    problems = tasks.generate("train", batch_size, seed=f"{seed}:{step}", tasks=tasks.SUITES[suite])
+    orders = random.Random(f"answers:{seed}:{step}")
+    return [Example(*tasks.encode_problem(tokenizer, p, tasks.training_answer(p, orders))) for p in problems]
 
 
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -427,7 +432,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, special = prepare_tokenizer(out, seed=args.seed, reuse=args.resume)
+    tokenizer, special = prepare_tokenizer(out, suite=args.task_suite, seed=args.seed, reuse=args.resume)
     model = SdarLM(model_config(args, tokenizer.get_vocab_size(), special))
     opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     step = resume_state(out, model, opt) if args.resume else 0
@@ -435,7 +440,8 @@ def train(args: argparse.Namespace) -> Path:
     last = min(args.steps, args.until or args.steps)  # the schedule still spans --steps
     bar = tqdm(range(step, last), initial=step, total=last, desc="train", dynamic_ncols=True)
     for step in bar:
-        batch = make_batch(training_examples(tokenizer, seed=args.seed, step=step, batch_size=args.batch_size),
+        batch = make_batch(training_examples(tokenizer, suite=args.task_suite, seed=args.seed, step=step,
+                                             batch_size=args.batch_size),
                            block_size=args.block_size, mask_id=special["mask"], pad_id=special["pad"],
                            gen=torch.Generator().manual_seed(args.seed * 1_000_003 + step), objective=args.objective)
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
@@ -468,7 +474,7 @@ def resume_state(out: Path, model: SdarLM, opt: torch.optim.Optimizer) -> int:
 
 
 def report_eval(model: SdarLM, tokenizer: Tokenizer, args: argparse.Namespace, step: int, log) -> EvalReport:
-    problems = tasks.generate("heldout", args.eval_n, seed=args.seed)
+    problems = tasks.generate("heldout", args.eval_n, seed=args.seed, tasks=tasks.config_suite(model.cfg))
     report = evaluate(model, tokenizer, problems, threshold=args.eval_threshold)
     record = {"step": step, "heldout_accuracy": report.accuracy, "per_task": report.per_task,
               "tokens_per_step": round(report.tokens_per_step, 3), "n": report.n,
@@ -486,13 +492,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--until", type=int, default=0,
                    help="stop after this step (0: --steps); the learning-rate schedule still spans --steps")
+    p.add_argument("--task-suite", choices=tuple(tasks.SUITES), default=tasks.NEWEST_SUITE,
+                   help="the task families to train on (recorded in config.json)")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=0, help="0: hidden / heads")
     p.add_argument("--intermediate", type=int, default=0, help="0: 3 * hidden")
-    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)

@@ -43,8 +43,20 @@ def test_roc_curve_ends_at_one_one():
 
 
 def step(request, index, decoded_flags, deltas):
-    return [dec.TokenStep(request, "sort", index, pos, len(deltas), 0.0, d, d, flag)
+    return [dec.TokenStep(request, "sort", index, pos, len(deltas), 0.0, d, d, flag, 0, index, False)
             for pos, (flag, d) in enumerate(zip(decoded_flags, deltas))]
+
+
+def test_leftmost_baseline_ranks_by_position():
+    rows = step(0, 0, [True, True, False, False], [0.0, 0.1, 0.9, 0.8])
+    assert dec.within_step_auc(rows, "leftmost") == 1.0 and dec.within_step_auc(rows, "delta") == 0.0
+
+
+def test_tokens_per_forward_counts_the_commit_forward_of_every_block():
+    decodings = [dec.Decoding("sort", True, decoded=32, steps=6, blocks=2), dec.Decoding("sort", False, 16, 2, 1)]
+    rates = dec.decoding_rates(decodings, block_size=16)
+    assert rates["tokens_per_step"] == 48 / 8 and rates["tokens_per_forward"] == 48 / 11
+    assert rates["block_share_per_forward"] == pytest.approx(48 / 11 / 16)
 
 
 def test_top_k_recall_and_its_chance_level():
@@ -58,8 +70,9 @@ def test_top_k_recall_and_its_chance_level():
 def random_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("random-sdar")
     torch.manual_seed(0)
-    tokenizer, special = prepare_tokenizer(out, seed=0, reuse=False)
-    args = Namespace(heads=4, kv_heads=2, head_dim=0, hidden=64, layers=3, intermediate=0, block_size=16)
+    tokenizer, special = prepare_tokenizer(out, suite="tasks-v1", seed=0, reuse=False)
+    args = Namespace(heads=4, kv_heads=2, head_dim=0, hidden=64, layers=3, intermediate=0, block_size=16,
+                     task_suite="tasks-v1")
     model = SdarLM(model_config(args, tokenizer.get_vocab_size(), special))
     for layer in model.model.layers:  # peaked attention so importances are not all equal
         layer.self_attn.q_norm.weight.data.fill_(4.0)
@@ -84,9 +97,18 @@ def test_study_records_every_masked_token_once_per_step_with_spec_invariants(ran
         for col in (5, 6):  # each softmax row sums to 1, so the importances of a step sum to H * m
             assert sum(float(r[col]) for r in group) == pytest.approx(heads * m, rel=1e-4)
         assert sum(float(r[7]) for r in group) == pytest.approx(0.0, abs=1e-3)
-    assert set(summary) >= {"delta", "i0", "i1", "accuracy", "chance_top_k_recall"}
+    assert set(summary) >= {"delta", "i0", "i1", "leftmost", "accuracy", "chance_top_k_recall", "tokens_per_forward",
+                            "per_task"}
     assert 0.0 <= summary["delta"]["roc_auc"] <= 1.0
+    assert 0 < summary["tokens_per_forward"] < summary["tokens_per_step"]
+    for name in dec.OUTPUTS:
+        assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "decodability.png").stat().st_size > 10_000
+    assert (tmp_path / "selection.png").stat().st_size > 10_000
+    replayed = json.loads((tmp_path / "selection.json").read_text())["budget_reset"]
+    assert set(replayed) == {"block", "request"}
+    for result in replayed.values():
+        assert result["by_task"]["all"]["oracle"]["decodable_recall"] == 1.0
 
 
 def test_bad_model_path_is_one_clear_error(tmp_path, capsys):

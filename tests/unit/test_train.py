@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sglang_focus.training import tasks, tiny_models, train
 
 BLOCK = 16
-TOY = ["--layers", "2", "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--batch-size", "8", "--warmup", "2",
+TOY = ["--block-size", str(BLOCK), "--layers", "2", "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--batch-size", "8", "--warmup", "2",
        "--lr", "3e-3", "--threads", "1", "--save-every", "2"]
 REFERENCE = Path(__file__).parents[1] / "e2e" / "test_reference_decoder.py"
 
@@ -29,7 +29,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer_and_special(tmp_path_factory):
-    return train.prepare_tokenizer(tmp_path_factory.mktemp("tok"), seed=0, reuse=False)
+    return train.prepare_tokenizer(tmp_path_factory.mktemp("tok"), suite=tasks.DEFAULT_SUITE, seed=0, reuse=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,22 @@ def toy_model(tokenizer_and_special):
 
 
 def toy_batch(tokenizer, special, step: int, objective: str = "one_block") -> train.DiffusionBatch:
-    examples = train.training_examples(tokenizer, seed=0, step=step, batch_size=8)
+    examples = train.training_examples(tokenizer, suite=tasks.DEFAULT_SUITE, seed=0, step=step, batch_size=8)
     return train.make_batch(examples, block_size=BLOCK, mask_id=special["mask"], pad_id=special["pad"],
                             gen=torch.Generator().manual_seed(step), objective=objective)
+
+
+def test_any_order_answers_vary_between_steps_and_repeat_on_resume(tokenizer_and_special):
+    """Training draws a random valid order for `pick`/`story` answers, as a function of (seed, step) only."""
+    tokenizer, _ = tokenizer_and_special
+    draw = lambda step: train.training_examples(tokenizer, suite=tasks.NEWEST_SUITE, seed=0, step=step,  # noqa: E731
+                                                batch_size=40)
+    assert draw(3) == draw(3)
+    problems = tasks.generate("train", 40, seed="0:3", tasks=tasks.SUITES[tasks.NEWEST_SUITE])
+    answers = [tokenizer.decode(ex.answer, skip_special_tokens=True) for ex in draw(3)]
+    assert all(tasks.is_correct(p, a) for p, a in zip(problems, answers))
+    free = [(p, a) for p, a in zip(problems, answers) if p.task in ("pick", "story")]
+    assert free and any(tasks.normalize(a) != tasks.normalize(p.answer) for p, a in free)
 
 
 def test_two_stream_visibility():
@@ -125,10 +138,11 @@ def test_checkpoint_has_sglang_sdar_weight_names_and_config(tmp_path):
     assert all(v.dtype == torch.float32 for v in weights.values())
     reference_cfg = tiny_models.sdar_config(vocab_size=cfg["vocab_size"], special={"bos": 1, "eos": 2, "pad": 0,
                                                                                    "mask": 3})
-    assert set(cfg) == set(reference_cfg)
+    assert set(cfg) == set(reference_cfg) | {tasks.SUITE_CONFIG_KEY}
     assert cfg["architectures"] == ["SDARForCausalLM"] and cfg["model_type"] == "qwen3"
     assert cfg["tie_word_embeddings"] is True and cfg["torch_dtype"] == "float32" and cfg["block_size"] == BLOCK
     assert cfg["mask_token_id"] == 3 and cfg["num_hidden_layers"] == 2 and cfg["hidden_size"] == 32
+    assert tasks.config_suite(cfg) == tasks.SUITES[tasks.NEWEST_SUITE]  # what `train` trains on by default
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         assert (out / name).exists(), name
 
