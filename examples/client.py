@@ -34,7 +34,7 @@ def chat(base_url: str, question: str) -> str:
 
 def main(base_url: str) -> None:
     for label, result in zip(("server alpha", "eviction off"), generate_with_focus_options(base_url)):
-        stats = result["meta_info"]["focus_stats"][0]
+        stats = result["meta_info"]["focus_stats"]
         print(f"[{label}] {result['text']!r}\n    forwards={stats['forwards']} evicted={stats['evicted']} "
               f"masked_kept_ratio={stats['masked_kept_ratio']:.2f}")
     print(f"[chat] {chat(base_url, 'What is the capital of France?')!r}")

@@ -18,7 +18,7 @@ def main(model_path: str) -> None:
     try:
         outputs = engine.generate(["Hello there", "Count from one to ten:"], {"max_new_tokens": 32})
         for out in outputs:
-            print(repr(out["text"]), out["meta_info"]["focus_stats"][0])
+            print(repr(out["text"]), out["meta_info"]["focus_stats"])
     finally:
         engine.shutdown()
 

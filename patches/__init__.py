@@ -197,11 +197,15 @@ MANIFEST: tuple[Patch, ...] = (
         module="managers_tokenizer_manager", hook="keep_latest_focus_stats",
         target="sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info",
         kind="AFTER", scope="observe",
-        why="SGLang concatenates every chunk's customized_info values, so a stream would show one running total "
-            "per chunk, and with --incremental-streaming-output it slices them by token offset (leaving none).",
+        why="SGLang extends one list per request and key with every chunk's customized_info values (so the "
+            "scheduler sends the summary as a one-element list): a response would show a list instead of the "
+            "summary, a stream one running total per chunk, and --incremental-streaming-output slices the list "
+            "by token offset (leaving none).",
         how="Removes `focus_stats` from the request's accumulated customized_info and sets "
-            "`meta_info[\"focus_stats\"]` to the newest summary only. No-op unless the key is present.",
-        removal="Same as the streamer patch: upstream replacing, not appending, request-level values.",
+            "`meta_info[\"focus_stats\"]` to the newest summary, a plain dict (left out of a chunk that brought "
+            "none). No-op unless the key is present.",
+        removal="Same as the streamer patch: upstream replacing, not appending, request-level values and passing "
+                "them through as sent.",
     ),
 )
 

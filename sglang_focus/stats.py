@@ -2,8 +2,10 @@
 
 After every denoising forward the algorithm sets `logits_output.customized_info[STEP_KEY]` to one delta per request
 of the batch (a plain dict with the COUNT_FIELDS). The scheduler patch (patches/dllm_mixin_scheduler.py) adds each
-delta to its request's totals, stored as a one-element summary list in `req.customized_info[STATS_KEY]`, which
-SGLang streams to the client; the batch's sum goes to Prometheus counters when metrics are on.
+delta to its request's totals, stored as a one-element summary list in `req.customized_info[STATS_KEY]` (SGLang's
+tokenizer manager extends a list with each chunk's customized_info values), which SGLang streams to the client; the
+tokenizer-manager patch unwraps it, so `meta_info[STATS_KEY]` is the summary dict. The batch's sum goes to
+Prometheus counters when metrics are on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import msgspec
 
 STEP_KEY = "focus_step"  # logits_output.customized_info: per-request deltas of one forward
-STATS_KEY = "focus_stats"  # req.customized_info / meta_info: [summary] with the request's totals
+STATS_KEY = "focus_stats"  # req.customized_info: [summary] of the request's totals; meta_info: the summary
 COUNT_FIELDS = ("forwards", "processed", "kept", "evicted", "masked", "unmasked")
 
 

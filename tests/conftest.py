@@ -89,6 +89,14 @@ def sdar_focus_server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sdar_focus_incremental_server(request, tmp_path_factory):
+    """sdar_focus_server's FOCUS streaming disjoint segments (`--incremental-streaming-output`), where SGLang slices
+    the listed meta_info keys of each chunk by token offset."""
+    return _server(request, tmp_path_factory, "tiny_sdar", "sdar_focus_incremental",
+                   [*focus_args(tmp_path_factory), "--incremental-streaming-output"])
+
+
+@pytest.fixture(scope="session")
 def sdar_focus_guarded_server(request, tmp_path_factory):
     """FOCUS with the shipped memory-bound guard: the YAML sets only the threshold both arms share."""
     cfg = write_yaml(tmp_path_factory.mktemp("guard_cfg") / "focus.yaml", {"threshold": THRESHOLD})

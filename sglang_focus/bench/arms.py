@@ -110,7 +110,8 @@ def summed_stats(replies: Sequence[dict]) -> dict[str, int]:
 
     total = dict.fromkeys(COUNT_FIELDS, 0)
     for reply in replies:
-        for stats in reply["meta_info"].get("focus_stats") or []:
+        stats = reply["meta_info"].get("focus_stats")
+        if stats:
             for field in COUNT_FIELDS:
                 total[field] += int(stats[field])
     return total

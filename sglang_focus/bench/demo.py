@@ -49,8 +49,7 @@ def solve_with_openai_chat(base_url: str, problem: tasks.Problem) -> tuple[str, 
 
 
 def _stats(meta_info: dict | None) -> dict:
-    values = (meta_info or {}).get("focus_stats") or [{}]
-    return values[0]
+    return (meta_info or {}).get("focus_stats") or {}
 
 
 def show(label: str, problem: tasks.Problem, answer: str, stats: dict) -> bool:

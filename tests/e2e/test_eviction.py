@@ -20,7 +20,7 @@ def run(server, prompts, sampling=SAMPLING, **extra):
 
 def totals(items) -> dict[str, int]:
     keys = ("forwards", "processed", "kept", "evicted", "masked", "unmasked")
-    return {k: sum(item["meta_info"]["focus_stats"][0][k] for item in items) for k in keys}
+    return {k: sum(item["meta_info"]["focus_stats"][k] for item in items) for k in keys}
 
 
 def test_requests_complete_and_report_evictions(focus_server):

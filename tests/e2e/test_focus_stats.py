@@ -28,9 +28,9 @@ def generate(server, text, focus=None, **sampling):
 
 
 def focus_stats(item) -> dict:
-    values = item["meta_info"]["focus_stats"]
-    assert len(values) == 1, "focus_stats is one summary per request"
-    return values[0]
+    stats = item["meta_info"]["focus_stats"]
+    assert isinstance(stats, dict), "focus_stats is the request's summary, a plain dict"
+    return stats
 
 
 def check_consistent(stats, completion_tokens):
@@ -69,8 +69,10 @@ def stream_chunks(server, payload) -> list[dict]:
     return chunks
 
 
-def test_stream_chunks_carry_running_totals_up_to_the_final_ones(sdar_focus_metrics_server):
-    chunks = stream_chunks(sdar_focus_metrics_server, {"text": PROMPT, "sampling_params": SAMPLING})
+@pytest.mark.parametrize("server_name", ["sdar_focus_metrics_server", "sdar_stock_server",
+                                         "sdar_focus_incremental_server"])
+def test_stream_chunks_carry_running_totals_up_to_the_final_ones(request, server_name):
+    chunks = stream_chunks(request.getfixturevalue(server_name), {"text": PROMPT, "sampling_params": SAMPLING})
     assert len(chunks) >= 2
     forwards = [focus_stats(chunk)["forwards"] for chunk in chunks]
     assert forwards == sorted(forwards) and forwards[-1] > forwards[0], "totals are not frozen after chunk one"

@@ -39,7 +39,7 @@ def test_gen_program_asks_in_the_chat_format(bundled_focus_server, endpoint):
     state = frontend.run_program(frontend.answer, endpoint, question=problem.prompt)
     assert state.text() == tasks.chat_prompt(problem.prompt) + state["answer"] + END_OF_TURN
     assert state["answer"] == server_answer(bundled_focus_server, tasks.chat_prompt(problem.prompt))
-    assert state.get_meta_info("answer")["focus_stats"][0]["forwards"] > 0, "a FOCUS server decoded it"
+    assert state.get_meta_info("answer")["focus_stats"]["forwards"] > 0, "a FOCUS server decoded it"
 
 
 def test_two_turn_program_appends_the_first_answer_and_a_second_user_turn(bundled_focus_server, endpoint):

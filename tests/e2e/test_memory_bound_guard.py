@@ -21,7 +21,7 @@ def summed_stats(server, texts: list[str]) -> dict:
     totals = dict.fromkeys(COUNT_FIELDS, 0)
     for item in resp.json():
         for key in COUNT_FIELDS:
-            totals[key] += item["meta_info"]["focus_stats"][0][key]
+            totals[key] += item["meta_info"]["focus_stats"][key]
     return totals
 
 
@@ -38,7 +38,7 @@ def test_a_single_request_is_below_the_guard_and_decodes_like_stock(sdar_focus_g
         focus = sdar_focus_guarded_server.generate({"text": prompt, "sampling_params": SAMPLING}).json()
         stock = sdar_stock_server.generate({"text": prompt, "sampling_params": SAMPLING}).json()
         assert focus["output_ids"] == stock["output_ids"]
-        stats = focus["meta_info"]["focus_stats"][0]
+        stats = focus["meta_info"]["focus_stats"]
         assert stats["evicted"] == 0 and stats["kept"] == stats["processed"] == BLOCK * stats["forwards"]
 
 

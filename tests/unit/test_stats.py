@@ -151,19 +151,38 @@ def test_stream_refresh_leaves_other_requests_alone(req, in_chunk):
     assert acc.customized_info == {}
 
 
-def test_tokenizer_shows_only_the_latest_summary_and_keeps_it_out_of_token_slicing():
+def test_tokenizer_shows_the_latest_summary_as_a_dict_and_keeps_it_out_of_token_slicing():
     received = [{"forwards": 1}, {"forwards": 3}]
     meta_info = {"focus_stats": received}
     state = SimpleNamespace(customized_info_accumulated={"focus_stats": received, "other": [1, 2]})
     keep_latest_focus_stats(None, None, meta_info, state, {}, 0, None)
-    assert meta_info["focus_stats"] == [{"forwards": 3}]
+    assert meta_info["focus_stats"] == {"forwards": 3}
     assert state.customized_info_accumulated == {"other": [1, 2]}
+
+
+def test_tokenizer_leaves_focus_stats_out_of_a_chunk_that_brought_none():
+    meta_info = {"focus_stats": [], "other": [1]}
+    state = SimpleNamespace(customized_info_accumulated={"focus_stats": [], "other": [1]})
+    keep_latest_focus_stats(None, None, meta_info, state, {}, 0, None)
+    assert meta_info == {"other": [1]} and state.customized_info_accumulated == {"other": [1]}
 
 
 def test_tokenizer_hook_is_inert_without_focus_stats():
     meta_info, state = {"other": [1]}, SimpleNamespace(customized_info_accumulated={"other": [1]})
     keep_latest_focus_stats(None, None, meta_info, state, {}, 0, None)
     assert meta_info == {"other": [1]} and state.customized_info_accumulated == {"other": [1]}
+
+
+def test_arms_sum_the_focus_stats_dicts_of_replies_and_skip_replies_without():
+    from sglang_focus.bench.arms import summed_stats
+
+    def reply(**counts):
+        return {"meta_info": {"focus_stats": FocusStats(**counts).summary()}}
+
+    replies = [reply(forwards=2, processed=32, kept=20, evicted=12, masked=30, unmasked=9),
+               reply(forwards=1, processed=16, kept=16, masked=16, unmasked=4), {"meta_info": {}}]
+    assert summed_stats(replies) == {"forwards": 3, "processed": 48, "kept": 36, "evicted": 12, "masked": 46,
+                                     "unmasked": 13}
 
 
 def test_arm_ratios_of_summed_counters_and_none_when_nothing_was_counted():
