@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.model_path / "config.json").exists():
         parser.error(f"--model-path {args.model_path}: no config.json")
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    problems = tasks.generate("heldout", len(tasks.TASKS) + 1, seed=args.seed)
+    families = tasks.suite_of(args.model_path)
+    problems = tasks.generate("heldout", len(families) + 1, seed=args.seed, tasks=families)
 
     config = Path(tempfile.mkdtemp(prefix="sglang-focus-demo-")) / "focus.yaml"
     config.write_text(f"min_batch_tokens: {DEMO_MIN_BATCH_TOKENS}\n")

@@ -49,7 +49,7 @@ def test_stock_arm_answers_are_the_reference_decoders(harness):
     torch.set_num_threads(1)
     model, tokenizer = load_checkpoint(BUNDLED)
     eos = tokenizer.token_to_id(EOS_TOKEN)
-    for entry, problem in zip(harness["answers"], tasks.generate("heldout", N, seed="0")):
+    for entry, problem in zip(harness["answers"], tasks.generate("heldout", N, seed="0", tasks=tasks.suite_of(BUNDLED))):
         assert entry["prompt"] == problem.prompt
         prompt, _ = tasks.encode_problem(tokenizer, problem)
         ids = block_diffusion_generate(model, prompt, threshold=0.8, max_new_tokens=64, eos_id=eos).ids
@@ -67,7 +67,7 @@ def test_demo_marks_every_answer_and_stops_its_server(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     marks = [line.strip()[0] for line in out.stdout.splitlines() if line.strip()[:1] in ("✓", "✗")]
-    assert len(marks) == len(tasks.TASKS) + 1
+    assert len(marks) == len(tasks.suite_of(BUNDLED)) + 1
     assert f"{marks.count('✓')}/{len(marks)} answers exactly right" in out.stdout
     assert "Server stopped." in out.stdout
     port = int(re.search(r"Server ready at http://127\.0\.0\.1:(\d+)", out.stdout).group(1))
