@@ -42,8 +42,10 @@ MANIFEST: tuple[Patch, ...] = (
         why="Translate `--focus` into the canonical `--dllm-algorithm Focus --dllm-algorithm-config FILE` and reject "
             "bad FOCUS options with one clear line before any process starts.",
         how="Validates the FOCUS YAML and flags, writes the merged YAML to a file deleted at exit, sets the two "
-            "dllm fields on the Namespace, then calls the original. Untouched unless --focus or "
-            "--dllm-algorithm Focus is given.",
+            "dllm fields on the Namespace, then calls the original. The launch refusals raised later, while SGLang "
+            "resolves the arguments (sglang_focus.launch), end the command with the same one line: a "
+            "sys.excepthook that prints FOCUS's configuration errors and passes every other error on. Untouched "
+            "unless --focus or --dllm-algorithm Focus is given.",
         removal="Same as add_cli_args; validation would move to the algorithm's configure_server_args.",
     ),
     Patch(

@@ -6,6 +6,7 @@ import argparse
 import atexit
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,8 +40,27 @@ def resolve_focus_cli_args(original, cls, args: argparse.Namespace):
         try:
             _select_focus(args)
         except FocusConfigError as exc:
-            raise SystemExit(f"sglang-focus: error: {exc}") from None
+            raise SystemExit(_error_line(exc)) from None
+        _print_later_refusals_as_one_line()
     return original(cls, args)
+
+
+def _error_line(exc: FocusConfigError) -> str:
+    return f"sglang-focus: error: {exc}"
+
+
+def _print_later_refusals_as_one_line() -> None:
+    """The launch refusals raised while SGLang resolves the arguments (`sglang_focus.launch`, after this hook) end
+    a command-line launch with the same one line instead of a traceback; other errors keep Python's report."""
+    previous = sys.excepthook
+
+    def excepthook(kind, exc, tb):
+        if issubclass(kind, FocusConfigError):
+            print(_error_line(exc), file=sys.stderr)
+        else:
+            previous(kind, exc, tb)
+
+    sys.excepthook = excepthook
 
 
 def _select_focus(args: argparse.Namespace) -> None:

@@ -1,8 +1,9 @@
-"""Typed environment knobs; the only module that reads os.environ."""
+"""Typed environment knobs; the only module that reads or writes os.environ."""
 
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 
 def _flag(name: str) -> bool:
@@ -17,3 +18,8 @@ def is_cpu_engine() -> bool:
 def step_times_path() -> str | None:
     """SGLANG_FOCUS_STEP_TIMES: file the scheduler keeps the denoising step timings in (off when unset)."""
     return os.environ.get("SGLANG_FOCUS_STEP_TIMES") or None
+
+
+def export(values: Mapping[str, str]) -> None:
+    """Set `values` in this process's environment, which every process it starts afterwards inherits."""
+    os.environ.update(values)

@@ -14,9 +14,9 @@ from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 from sglang.srt.layers.layer_boundary.residual.stream import ResidualStream
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
-from sglang.srt.model_executor.forward_context import forward_context, get_forward_context, get_token_to_kv_pool
+from sglang.srt.model_executor.forward_context import forward_context, get_attn_backend, get_forward_context
 
-from sglang_focus.forward.attention import replan_attention
+from sglang_focus.forward.attention import kv_write_scales, replan_attention
 from sglang_focus.forward.contract import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY, DecoderAdapter
 from sglang_focus.forward.retain import candidate_importance, plan_retention
 from sglang_focus.forward.sub_batch import rows_batch
@@ -67,7 +67,7 @@ def _layer1_with_eviction(adapter, layer, positions, layer0: Scored, batch, inp)
     attn = adapter.attention(layer)
     normed = layer.attn_boundary.prepare(layer0.hidden, batch)
     q, k, v = adapter.project_qkv(attn, positions, normed, batch)
-    _write_kv(attn.attn, batch.out_cache_loc, k, v)
+    write_kv(attn.attn, batch, k, v)
     with STEP_TIMES.section("selection"):
         importance = candidate_importance(q, k, inp, **adapter.head_shape(attn))
         plan = plan_retention(importance - layer0.importance, inp)
@@ -91,7 +91,12 @@ def _kept_rows_batch(batch: ForwardBatch, plan: RetainPlan) -> ForwardBatch:
     return kept
 
 
-def _write_kv(radix_attn, cache_loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def write_kv(radix_attn, batch: ForwardBatch, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Write `k`/`v` of every row of `batch` into the KV cache as the backend's own extend write would: at the
+    batch's write ids with their physical mark (the unified pool refuses unmarked ids) and with the backend's k/v
+    scales (FlashInfer's FP8 scales)."""
     k = k.view(-1, radix_attn.tp_k_head_num, radix_attn.qk_head_dim)
     v = v.view(-1, radix_attn.tp_v_head_num, radix_attn.v_head_dim)
-    get_token_to_kv_pool().set_kv_buffer(radix_attn, KVWriteLoc(cache_loc), k, v)
+    backend = get_attn_backend()
+    backend.token_to_kv_pool.set_kv_buffer(radix_attn, KVWriteLoc.for_batch(batch), k, v,
+                                           *kv_write_scales(backend, radix_attn))

@@ -10,7 +10,7 @@ from sglang.srt.dllm.config import DllmConfig
 
 from sglang_focus.compat import assert_hooks_active
 from sglang_focus.config import SUPPORTED_ARCHITECTURES, parse_focus_config
-from sglang_focus.forward.attention import prefer_paged_attention
+from sglang_focus.forward.attention import check_paged_plan
 from sglang_focus.forward.contract import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
 from sglang_focus.forward.plan import StepPlan, plan_step
 from sglang_focus.forward.sub_batch import rows_batch
@@ -41,21 +41,10 @@ class Focus(LowConfidence):
 
     @classmethod
     def configure_server_args(cls, server_args) -> None:
-        """Launch-time constraints: eviction changes the batch shape inside the forward, so CUDA graphs are off;
-        scores are per attention-TP rank, so TP, PP and DP stay at 1 (spec §12.3 is future work)."""
-        from sglang.srt.arg_groups.overrides import declare_resolution, resolving_view
-        from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
+        """Launch-time settings and refusals (`sglang_focus.launch`): runs once, in the launching process."""
+        from sglang_focus.launch import configure_focus_launch
 
-        cfg = resolving_view(server_args)
-        if not cfg.dllm_fdfo:
-            raise ValueError("FOCUS runs in FDFO mode only (dllm_fdfo must stay on)")
-        for name in ("tp_size", "pp_size", "dp_size"):
-            if (getattr(cfg, name, 1) or 1) > 1:
-                raise ValueError(f"FOCUS supports {name}=1 only (got {getattr(cfg, name)})")
-        graphs = cfg.cuda_graph_config
-        for phase in (Phase.PREFILL, Phase.DECODE):
-            graphs = with_phase(graphs, phase, backend=Backend.DISABLED)
-        declare_resolution(server_args, cls.__name__, cuda_graph_config=graphs)
+        configure_focus_launch(server_args)
 
     @classmethod
     def validate_request(cls, req) -> Optional[str]:
@@ -84,9 +73,11 @@ class Focus(LowConfidence):
             plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu),
                              self._alphas(forward_batch), delayed_cache=self.focus_config.delayed_cache,
                              device=ids.device, min_batch_tokens=self.focus_config.min_batch_tokens)
-            batch = self._step_batch(forward_batch, plan, model_runner.attn_backend)
+            batch = self._step_batch(forward_batch, plan)
         with STEP_TIMES.section("model_forward"):
             out = model_runner.forward(batch, pp_proxy_tensors=None)
+        if batch is not forward_batch:
+            check_paged_plan(model_runner.attn_backend)
         kept_rows, kept_counts, rightmost = self._retained(batch, plan)
         new_ids = unmask_kept_rows(ids, masked_dev, out.logits_output.full_logits, plan.rows[kept_rows],
                                    mask_id=self.mask_id, threshold=self.threshold)
@@ -118,13 +109,11 @@ class Focus(LowConfidence):
         return request_alphas(forward_batch, self.focus_config.alpha)
 
     @staticmethod
-    def _step_batch(forward_batch, plan: StepPlan, attn_backend):
-        """SGLang's batch when every row runs and nothing may be evicted; otherwise a batch of the processing rows."""
+    def _step_batch(forward_batch, plan: StepPlan):
+        """SGLang's batch when every row runs and nothing may be evicted; otherwise a batch of the processing rows
+        (planned paged, like every batch of a FOCUS server: `sglang_focus.launch`)."""
         if plan.processes_everything and plan.eviction is None:
             return forward_batch
-        # A subset of a block's rows: every key must come from the KV cache (FlashInfer's ragged merge would miss
-        # the cached rows that are not processed).
-        prefer_paged_attention(attn_backend)
         batch = rows_batch(forward_batch, plan.rows, plan.row_counts, plan.window)
         if plan.eviction is not None:
             batch.model_specific_states[FOCUS_INPUT_KEY] = plan.eviction
