@@ -30,6 +30,11 @@ test-fast: $(STAMP)
 
 # On a CUDA machine with torch and Triton (SGLang not needed, nothing installed): the kernel tests compiled natively,
 # the kernel and forward microbenchmarks at SDAR-8B shape, and the guard sweep; results go to $(GPU_OUT).
+# A first GPU run must also check what this target cannot (it needs SGLang and FlashInfer; docs/benchmarks.md, "What
+# a first GPU run ... must check"): FOCUS at kept share 1.0 equals stock on a head_dim-128 SDAR shape (FlashInfer's
+# FA2 prefill misbehaves for head dims that are not a multiple of 64, such as the tiny test models' 16 and 32), with
+# both arms started with SGLANG_FLASHINFER_USE_PAGED=1; and count the host syncs per step with FlashInfer's
+# blocking plan() copies, which every (re-)plan adds.
 GPU_PYTHON ?= python3
 GPU_OUT ?= .cache/gpu-bench
 gpu-bench:
@@ -39,6 +44,7 @@ gpu-bench:
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench.forward --preset sdar-8b --out $(GPU_OUT) | tee $(GPU_OUT)/forward.md
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m sglang_focus.bench.forward --preset sdar-8b --batch-sizes 1,2,4,8,16,32,64 \
 		--kept-fractions 0.25 --out $(GPU_OUT)/guard | tee $(GPU_OUT)/guard.md
+	@echo "Next, with SGLang and FlashInfer: kept share 1.0 equals stock on a head_dim-128 SDAR (docs/benchmarks.md)."
 
 clean-venv:
 	rm -rf $(VENV)
