@@ -193,6 +193,7 @@ def save_plot(results: dict[str, dict], path, title: str) -> None:
 
     fig, (scatter, per_step) = plt.subplots(1, 2, figsize=(12, 4.8))
     colours = dict(zip(SELECTORS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
+    markers = dict(zip(SELECTORS, ("o", "s", "^", "D")))  # hollow and distinct: equal kept counts overlap
     first = next(iter(results.values()))
     for sel in SELECTORS:
         for task, row in first["by_task"].items():
@@ -200,10 +201,11 @@ def save_plot(results: dict[str, dict], path, title: str) -> None:
             if m["decodable_recall"] is None:
                 continue
             big = task == "all"
-            scatter.scatter(m["kept_share"], m["decodable_recall"], color=colours[sel], s=90 if big else 25,
-                            marker="o" if big else ".", label=sel if big else None)
+            scatter.scatter(m["kept_share"], m["decodable_recall"], facecolors="none", edgecolors=colours[sel],
+                            s=140 if big else 30, marker=markers[sel], linewidths=2 if big else 1,
+                            label=sel if big else None)
     scatter.set(xlabel="kept share of masked candidates", ylabel="decodable recall", xlim=(0, 1.02), ylim=(0, 1.02),
-                title="selectors at FOCUS's kept count (dots: tasks)")
+                title="selectors at FOCUS's kept count (small: per task)")
     scatter.legend(loc="lower right")
     for (reset, result), style in zip(results.items(), ("-", "--")):
         steps = [r["block_step"] for r in result["by_block_step"]]
