@@ -175,6 +175,19 @@ MANIFEST: tuple[Patch, ...] = (
                 "logits_output as the autoregressive path does).",
     ),
     Patch(
+        module="dllm_mixin_scheduler", hook="keep_carried_budget",
+        target="sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.process_batch_result_dllm",
+        kind="AFTER", scope="focus",
+        why="`budget_reset: request` carries FOCUS's budget counters (S, N) from one block of a request to the "
+            "next, but SGLang drops `req.dllm_algo_state` whenever a block resolves.",
+        how="After the method, gives every unfinished request whose state SGLang cleared the FocusReqState FOCUS "
+            "returned for it (a fresh block state carrying the request's counters). FOCUS returns None there "
+            "with `budget_reset: block`, and other algorithms never return a FocusReqState, so "
+            "nothing changes for them.",
+        removal="Upstream keeping the algorithm's returned state across a block switch (or a per-request "
+                "algorithm state that outlives the block).",
+    ),
+    Patch(
         module="managers_scheduler_components_output_streamer", hook="focus_stats_are_request_level",
         target="sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
                ".is_request_level_customized_info_key",

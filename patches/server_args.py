@@ -30,7 +30,7 @@ def add_focus_cli_args(result, parser: argparse.ArgumentParser):
                        help="FOCUS budget factor alpha (>= 1, default 1.5; inf disables eviction).")
     group.add_argument("--focus-config", type=str, default=None,
                        help="YAML with FOCUS options (alpha, threshold, delayed_cache, min_batch_tokens, "
-                            "block_size, mask_id).")
+                            "budget_reset, block_size, mask_id).")
     return None
 
 

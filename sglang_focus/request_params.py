@@ -1,9 +1,10 @@
 """Per-request FOCUS parameters, carried in `sampling_params.custom_params["focus"]`.
 
-A request may send `{"focus": {"alpha": <number >= 1 or "inf">, "enabled": <bool>}}`; both keys are optional.
-`enabled: false` means α = inf (no eviction for that request). Other top-level `custom_params` keys belong to
-other features and are ignored. Requests are validated at admission (`validate_request`, scheduler process);
-the worker reads the already-validated values per forward (`request_alphas`).
+A request may send `{"focus": {"alpha": <number >= 1 or "inf">, "enabled": <bool>, "budget_reset": "block" |
+"request"}}`; every key is optional. `enabled: false` means α = inf (no eviction for that request);
+`budget_reset` overrides the server's FocusConfig.budget_reset for that request. Other top-level `custom_params`
+keys belong to other features and are ignored. Requests are validated at admission (`validate_request`, scheduler
+process); the worker reads the already-validated values per forward (`batch_request_params`, `request_alphas`).
 
 Admission also rejects, with a message SGLang answers as HTTP 400, what block-diffusion decoding cannot honour:
 - every dLLM algorithm, stock included (`dllm_request_error`, through patches/managers_scheduler.py): grammar
@@ -21,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import msgspec
 
-from sglang_focus.config import ALGORITHM_NAME, FocusConfigError
+from sglang_focus.config import ALGORITHM_NAME, BUDGET_RESETS, BudgetReset, FocusConfigError, check_choice
 
 GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
 UNSUPPORTED_REASON = ("it decodes whole blocks in parallel, without per-token grammar masks or log-probabilities "
@@ -31,7 +32,7 @@ UNSUPPORTED_REASON = ("it decodes whole blocks in parallel, without per-token gr
 TOP_K_ALL = 1 << 30
 
 FOCUS_KEY = "focus"
-REQUEST_KEYS = frozenset({"alpha", "enabled"})
+REQUEST_KEYS = frozenset({"alpha", "enabled", "budget_reset"})
 INF_SPELLINGS = frozenset({"inf", "+inf", "infinity"})
 
 
@@ -39,9 +40,13 @@ class FocusRequestParams(msgspec.Struct, frozen=True):
     """One request's FOCUS overrides, validated."""
 
     alpha: float | None = None  # α ≥ 1, inf = no eviction; None = the server's FocusConfig.alpha
+    budget_reset: BudgetReset | None = None  # None = the server's FocusConfig.budget_reset
 
     def resolve_alpha(self, default_alpha: float) -> float:
         return default_alpha if self.alpha is None else self.alpha
+
+    def resolve_budget_reset(self, default: BudgetReset) -> BudgetReset:
+        return default if self.budget_reset is None else self.budget_reset
 
 
 DEFAULT_PARAMS = FocusRequestParams()
@@ -68,25 +73,31 @@ def parse_request_params(custom_params: Optional[Mapping[str, Any]]) -> FocusReq
     """Validate a request's `custom_params` into FocusRequestParams.
 
     Only the "focus" entry is read; it may be absent or null (server defaults). Raises FocusConfigError, naming the
-    key, for an unknown key under "focus", a non-numeric or < 1 alpha, a non-boolean `enabled`, or `enabled: false`
-    together with a finite alpha.
+    key, for an unknown key under "focus", a non-numeric or < 1 alpha, a non-boolean `enabled`, `enabled: false`
+    together with a finite alpha, or a `budget_reset` other than "block" and "request".
     """
     focus = custom_params.get(FOCUS_KEY) if isinstance(custom_params, Mapping) else None
     if focus is None:
         return DEFAULT_PARAMS
     if not isinstance(focus, Mapping):
-        raise FocusConfigError(f"'focus' must be an object with optional keys 'alpha' and 'enabled', got {focus!r}")
+        raise FocusConfigError(f"'focus' must be an object with optional keys {_known_keys()}, got {focus!r}")
     unknown = sorted(set(focus) - REQUEST_KEYS)
     if unknown:
         raise FocusConfigError(f"unknown key(s) {', '.join(repr(f'focus.{k}') for k in unknown)}; "
-                               f"known: 'focus.alpha', 'focus.enabled'")
+                               f"known: {_known_keys()}")
     alpha = _parse_alpha(focus["alpha"]) if "alpha" in focus else None
     if "enabled" in focus and not _parse_enabled(focus["enabled"]):
         if alpha is not None and alpha != math.inf:
             raise FocusConfigError(f"'focus.enabled': false disables eviction and contradicts "
                                    f"'focus.alpha': {focus['alpha']!r}")
         alpha = math.inf
-    return FocusRequestParams(alpha=alpha)
+    budget_reset = (check_choice("focus.budget_reset", focus["budget_reset"], BUDGET_RESETS)
+                    if "budget_reset" in focus else None)
+    return FocusRequestParams(alpha=alpha, budget_reset=budget_reset)
+
+
+def _known_keys() -> str:
+    return ", ".join(repr(f"focus.{k}") for k in sorted(REQUEST_KEYS))
 
 
 def validate_request(req) -> Optional[str]:
@@ -182,23 +193,28 @@ def ignored_sampling_params(req) -> list[str]:
     return ignored
 
 
-def request_alphas(forward_batch, default_alpha: float) -> list[float]:
-    """α for each request of `forward_batch`, in batch order (worker side).
+def batch_request_params(forward_batch) -> list[FocusRequestParams]:
+    """Each request's FOCUS parameters in `forward_batch`, in batch order (worker side).
 
     Reads `forward_batch.sampling_info.custom_params`, a list aligned with the batch, or None when no request of the
-    batch sent parameters (then every request gets `default_alpha`). The list is filled for FOCUS batches by
-    patches/sampling_sampling_batch_info.py: stock SGLang fills it only when a custom logit processor is in use.
-    Raises FocusConfigError if the list is misaligned with the batch or holds an invalid entry (both are bugs:
-    entries were validated at admission).
+    batch sent parameters (then every request gets DEFAULT_PARAMS, i.e. the server's settings). The list is filled
+    for FOCUS batches by patches/sampling_sampling_batch_info.py: stock SGLang fills it only when a custom logit
+    processor is in use. Raises FocusConfigError if the list is misaligned with the batch or holds an invalid entry
+    (both are bugs: entries were validated at admission).
     """
     sampling_info = forward_batch.sampling_info
     custom_params = sampling_info.custom_params if sampling_info is not None else None
     batch_size = forward_batch.batch_size
     if custom_params is None:
-        return [default_alpha] * batch_size
+        return [DEFAULT_PARAMS] * batch_size
     if len(custom_params) != batch_size:
         raise FocusConfigError(f"custom_params has {len(custom_params)} entries for a batch of {batch_size}")
-    return [parse_request_params(params).resolve_alpha(default_alpha) for params in custom_params]
+    return [parse_request_params(params) for params in custom_params]
+
+
+def request_alphas(forward_batch, default_alpha: float) -> list[float]:
+    """α for each request of `forward_batch`, in batch order (see `batch_request_params`)."""
+    return [params.resolve_alpha(default_alpha) for params in batch_request_params(forward_batch)]
 
 
 def sends_focus_params(reqs: Sequence) -> bool:

@@ -9,17 +9,34 @@ import torch
 
 
 class FocusReqState(msgspec.Struct):
-    """Per-request state carried across FDFO rounds in SGLang's `req.dllm_algo_state`; reset at each block."""
+    """Per-request state carried across FDFO rounds in SGLang's `req.dllm_algo_state`; reset at each block.
+
+    Everything but the `earlier_*` counters describes the current block. Those hold S and N of the request's
+    finished blocks when the budget runs over the request (`budget_reset: request`) and stay 0 otherwise, so the
+    budget average is always (earlier S + S) / (earlier N + N).
+    """
 
     uncached: list[bool]  # [B] delayed cache: positions whose KV is not final yet
     steps: int = 0  # forwards run on this block so far
     progress: int = -1  # prog: rightmost block position processed by any step of this block (spec §4.7)
     unmasked: int = 0  # S: MASKED -> UNMASKED transitions in this block
     decoding_steps: int = 0  # N: steps of this block that unmasked >= 1 token
+    earlier_unmasked: int = 0  # S of the request's finished blocks (budget_reset: request), else 0
+    earlier_decoding_steps: int = 0  # N of the request's finished blocks (budget_reset: request), else 0
 
     @classmethod
     def fresh(cls, block_size: int) -> "FocusReqState":
         return cls(uncached=[True] * block_size)
+
+    @property
+    def budget_unmasked(self) -> int:
+        """S the budget average divides: this block's, plus the earlier blocks' when carried over."""
+        return self.earlier_unmasked + self.unmasked
+
+    @property
+    def budget_decoding_steps(self) -> int:
+        """N the budget average divides by: this block's, plus the earlier blocks' when carried over."""
+        return self.earlier_decoding_steps + self.decoding_steps
 
 
 class EvictionInput(NamedTuple):

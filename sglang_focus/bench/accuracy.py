@@ -1,14 +1,18 @@
-"""Accuracy of stock LowConfidence vs FOCUS at the same threshold, on held-out task prompts, through real servers.
+"""Accuracy of stock LowConfidence, the delayed cache alone and FOCUS at the same threshold, on held-out task
+prompts, through real servers.
 
-    python -m sglang_focus.bench.accuracy --model-path models/sdar-tasks [--n 500] [--threshold 0.8] [--out DIR]
+    python -m sglang_focus.bench.accuracy --model-path models/sdar-tasks [--n 500] [--threshold 0.8]
+        [--arms stock delayed focus] [--budget-reset block|request] [--out DIR]
 
-Each arm is served in turn by `python -m sglang.launch_server` (same threshold, dtype and scheduler limits; see
-`sglang_focus.bench.arms`) and answers the same held-out problems of the task suite
-(`sglang_focus.training.tasks`), sent as token ids so both arms see exactly the training tokenisation. Prints one
-table (exact-match accuracy per task and overall, tokens decoded per forward, kept ratio of masked rows, output
-tokens per second) and, with `--out DIR`, writes `DIR/accuracy.json`: `records` (one object per arm: arm, accuracy,
-n, threshold, per_task, ...), `agreement` (share of problems both arms answer identically), `answers` (every
-problem with each arm's answer) and `hardware`.
+Each arm (`sglang_focus.bench.arms`: stock, delayed = FOCUS with eviction off, focus) is served in turn by
+`python -m sglang.launch_server` (same threshold, dtype and scheduler limits) and answers the same held-out problems
+of the task suite (`sglang_focus.training.tasks`), sent as token ids so every arm sees exactly the training
+tokenisation. Prints one table (exact-match accuracy per task and overall, forwards per request, tokens decoded per
+forward, block rows processed per forward, kept share of masked rows, evicted rows, output tokens per second and its
+ratio to stock's) and, with `--out DIR`, writes `DIR/accuracy.json`: `records` (one object per arm: arm, accuracy,
+n, threshold, alpha, budget_reset, per_task, ..., speedup over stock), `agreement` (per FOCUS arm, the share of
+problems it answers exactly as stock), `answers` (every problem with each arm's answer) and `hardware`. The arms run
+one after another, so their tokens/s share the machine's conditions less closely than in bench.throughput.
 """
 
 from __future__ import annotations
@@ -40,23 +44,34 @@ def completion_text(tokenizer: Tokenizer, reply: dict) -> str:
 
 
 def score_arm(arm: str, problems: Sequence[tasks.Problem], completions: Sequence[str], replies: Sequence[dict], *,
-              seconds: float, threshold: float, alpha: float | None) -> dict:
+              seconds: float, args: argparse.Namespace) -> dict:
     """One arm's record: accuracy overall and per task, decoding counters, throughput."""
     hits: dict[str, list[bool]] = {}
     for problem, text in zip(problems, completions):
         hits.setdefault(problem.task, []).append(tasks.is_correct(problem, text))
     correct = sum(sum(v) for v in hits.values())
-    stats = arms.summed_stats(replies)
     output_tokens = sum(r["meta_info"]["completion_tokens"] for r in replies)
-    ratios = arms.stat_ratios(stats)
     return {
         "arm": arm, "accuracy": correct / len(problems), "n": len(problems), "correct": correct,
-        "threshold": threshold, "alpha": alpha,
+        "threshold": args.threshold, "alpha": arms.arm_alpha(arm, args.alpha),
+        "budget_reset": None if arm == "stock" else arms.resolved_focus_options(args)["budget_reset"],
         "per_task": {task: sum(v) / len(v) for task, v in hits.items()},
-        "tokens_per_forward": ratios["tokens_per_forward"], "masked_kept_ratio": ratios["masked_kept_ratio"],
-        "forwards": stats["forwards"], "output_tokens": output_tokens, "seconds": seconds,
+        **arms.decoding_fields(replies), "output_tokens": output_tokens, "seconds": seconds,
         "output_tokens_per_s": output_tokens / seconds if seconds else None,
     }
+
+
+def add_comparisons(records: Sequence[dict], completions: dict[str, list[str]]) -> dict[str, float]:
+    """Set each record's `speedup` (output tokens/s over stock's; None without a stock record) and return, per
+    FOCUS arm run next to stock, the share of problems it answers exactly as stock (empty without stock)."""
+    stock = next((r for r in records if r["arm"] == "stock"), None)
+    for r in records:
+        r["speedup"] = (r["output_tokens_per_s"] / stock["output_tokens_per_s"]
+                        if stock and stock["output_tokens_per_s"] and r["output_tokens_per_s"] else None)
+    if "stock" not in completions:
+        return {}
+    return {arm: sum(a == b for a, b in zip(completions[arm], completions["stock"])) / len(completions["stock"])
+            for arm in arms.FOCUS_ARMS if arm in completions}
 
 
 def run_arm(arm: str, args: argparse.Namespace, payloads: Sequence[dict], cfg_dir: Path) -> tuple[list[dict], float]:
@@ -73,13 +88,17 @@ def run_arm(arm: str, args: argparse.Namespace, payloads: Sequence[dict], cfg_di
 
 
 def format_table(records: Sequence[dict], task_names: Sequence[str]) -> str:
-    columns = ["arm", *task_names, "overall", "tok/fwd", "kept", "tok/s"]
+    """Plain-text table, one row per arm: accuracy per task and overall (%), decoding counters, throughput."""
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    columns = ["arm", *task_names, "overall", "fwd/req", "tok/fwd", "rows/fwd", "kept", "evicted", "tok/s",
+               "x stock"]
     rows = []
     for r in records:
-        kept = "-" if r["masked_kept_ratio"] is None else f"{r['masked_kept_ratio']:.2f}"
         rows.append([r["arm"], *(f"{100 * r['per_task'].get(t, 0):.1f}" for t in task_names),
-                     f"{100 * r['accuracy']:.1f}", f"{r['tokens_per_forward']:.2f}", kept,
-                     f"{r['output_tokens_per_s']:.1f}"])
+                     f"{100 * r['accuracy']:.1f}", f"{r['forwards_per_request']:.2f}",
+                     fmt(r["tokens_per_forward"], ".2f"), fmt(r["rows_per_forward"], ".1f"),
+                     fmt(r["masked_kept_ratio"], ".2f"), str(r["evicted"]), fmt(r["output_tokens_per_s"], ".1f"),
+                     fmt(r.get("speedup"), ".2f")])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
@@ -90,12 +109,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", type=Path, required=True, help="a checkpoint trained on the task suite")
     p.add_argument("--n", type=int, default=500, help="held-out problems (cycling through the tasks)")
     p.add_argument("--seed", default="0", help="held-out sample seed")
-    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for both arms")
-    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α")
-    arms.add_min_batch_tokens_flag(p)
-    p.add_argument("--arms", nargs="+", choices=arms.ARMS, default=list(arms.ARMS))
+    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
+    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
+    arms.add_arm_flags(p)
     p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
-    p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")
+    p.add_argument("--dtype", default="auto", help="launch_server --dtype (every arm)")
     p.add_argument("--out", type=Path, default=None, help="write OUT/accuracy.json")
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"), help="server logs")
     args = p.parse_args(argv)
@@ -103,6 +121,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--n must be at least 1")
     if not (args.model_path / "tokenizer.json").exists():
         p.error(f"--model-path {args.model_path}: no tokenizer.json (expected a checkpoint trained on the tasks)")
+    args.arms = arms.chosen_arms(args)
     return args
 
 
@@ -119,21 +138,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         except (ServerStartError, arms.BenchRequestError) as err:
             sys.exit(f"bench.accuracy: error: {arm} arm: {err}")
         completions[arm] = [completion_text(tokenizer, r) for r in replies]
-        records.append(score_arm(arm, problems, completions[arm], replies, seconds=seconds,
-                                 threshold=args.threshold, alpha=args.alpha if arm == "focus" else None))
-    result = {"model": args.model_path.name, "seed": args.seed, "max_new_tokens": MAX_NEW_TOKENS,
-              "dtype": args.dtype, "records": records, "hardware": arms.hardware()}
-    if len(completions) == 2:
-        same = [a == b for a, b in zip(*completions.values())]
-        result["agreement"] = sum(same) / len(same)
+        records.append(score_arm(arm, problems, completions[arm], replies, seconds=seconds, args=args))
+    agreement = add_comparisons(records, completions)
+    result = {"model": args.model_path.name, "seed": args.seed, "arms": args.arms, "threshold": args.threshold,
+              "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": MAX_NEW_TOKENS,
+              "max_running": args.max_running, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"),
+              "records": records, "agreement": agreement, "hardware": arms.hardware()}
     result["answers"] = [{"task": p.task, "prompt": p.prompt, "expected": p.answer,
                           **{arm: tasks.extract_answer(completions[arm][i]) for arm in completions}}
                          for i, p in enumerate(problems)]
     print(f"\n{args.model_path.name}: {args.n} held-out problems, threshold {args.threshold}, "
-          f"alpha {args.alpha} (FOCUS), dtype {args.dtype}")
+          f"alpha {args.alpha} (focus arm), min_batch_tokens {result['min_batch_tokens']}, "
+          f"budget_reset {result['budget_reset']}, dtype {args.dtype}")
     print(format_table(records, list(dict.fromkeys(p.task for p in problems))))
-    if "agreement" in result:
-        print(f"identical answers in both arms: {100 * result['agreement']:.1f}%")
+    for arm, share in agreement.items():
+        print(f"{arm}: answers identical to stock's for {100 * share:.1f}% of the problems")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")

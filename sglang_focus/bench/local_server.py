@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -125,6 +126,19 @@ class LocalServer:
 
     def generate(self, payload: dict, timeout: float = 300.0) -> requests.Response:
         return requests.post(f"{self.base_url}/generate", json=payload, timeout=timeout)
+
+
+def start_side_by_side(servers: Sequence[LocalServer]) -> None:
+    """Start `servers` in parallel threads (start-up is mostly imports and health checks) and wait for all.
+
+    If any fails, every server is stopped and the first error is re-raised once all starts are over."""
+    with ThreadPoolExecutor(max_workers=max(1, len(servers))) as pool:
+        starts = [pool.submit(server.start) for server in servers]
+    errors = [start.exception() for start in starts if start.exception() is not None]
+    if errors:
+        for server in servers:
+            server.stop()
+        raise errors[0]
 
 
 def _signal_quietly(proc: psutil.Process, action: str) -> None:

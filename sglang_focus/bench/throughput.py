@@ -1,20 +1,23 @@
-"""Output throughput of stock LowConfidence vs FOCUS at the same threshold, per batch size, in one run.
+"""Output throughput of stock LowConfidence, the delayed cache alone and FOCUS at the same threshold, per batch
+size, in one run.
 
     python -m sglang_focus.bench.throughput [--model-path models/sdar-tasks] [--batch-sizes 1,8,32,64]
-        [--prompts FILE] [--max-new-tokens 64] [--repeats 3] [--out DIR]
+        [--prompts FILE] [--max-new-tokens 64] [--repeats 3] [--arms stock delayed focus]
+        [--budget-reset block|request] [--out DIR]
 
-Both arms are served at once by `python -m sglang.launch_server` (same threshold, dtype, KV pool and
-`--max-running-requests` = the largest batch size; only the algorithm differs, see `sglang_focus.bench.arms`). For each
-batch size a "round" sends that many requests at once and waits for all of them; each arm first runs one warm-up
-round (not counted), then the arms alternate for `--repeats` rounds, the first arm swapping every repetition so
-neither gets the warmer machine. Prompts are held-out problems of the task suite (so accuracy is reported too)
-unless `--prompts FILE` gives one prompt per line, sent verbatim.
+The arms (`sglang_focus.bench.arms`: stock, delayed = FOCUS with eviction off, focus) are served at once by
+`python -m sglang.launch_server` (same threshold, dtype, KV pool and `--max-running-requests` = the largest batch
+size; only the algorithm and FOCUS's options differ). For each batch size a "round" sends that many requests at once
+and waits for all of them; each arm first runs one warm-up round (not counted), then every arm runs `--repeats`
+rounds, the order rotating by one arm each repetition so that no arm always goes first or last. Prompts are held-out
+problems of the task suite (so accuracy is reported too) unless `--prompts FILE` gives one prompt per line, sent
+verbatim.
 
 Reported per batch size and arm: output tokens/s and requests/s (total over the counted rounds / their wall time),
-denoising forwards per request, tokens decoded per forward, kept share of all processed rows and of masked rows,
-accuracy (task prompts only), and FOCUS/stock speedup with the layer-count bound L / (2 + (L - 2) k) for the
-measured kept share k. Writes DIR/throughput.json (`records`: one object per batch size and arm) and
-DIR/throughput.png.
+denoising forwards per request, tokens decoded per forward, block rows processed per forward, kept share of all
+processed rows and of masked rows, evicted rows, accuracy (task prompts only), and for each FOCUS arm its speedup
+over stock with the layer-count bound L / (2 + (L - 2) k) for its measured kept share k. Writes DIR/throughput.json
+(`records`: one object per batch size and arm; `speedups`: one per batch size and FOCUS arm) and DIR/throughput.png.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tqdm import tqdm
 from sglang_focus.bench import arms
 from sglang_focus.bench.accuracy import completion_text, problem_payload
 from sglang_focus.bench.forward import layer_bound
-from sglang_focus.bench.local_server import LocalServer, ServerStartError, cuda_available
+from sglang_focus.bench.local_server import LocalServer, ServerStartError, cuda_available, start_side_by_side
 from sglang_focus.step_timing import read_snapshot, snapshot_difference
 from sglang_focus.training import tasks
 
@@ -94,17 +97,18 @@ def step_time_fields(rounds: Sequence[Round]) -> dict:
 
 
 def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Workload, tokenizer: Tokenizer | None,
-               *, threshold: float, alpha: float | None) -> dict:
+               args: argparse.Namespace) -> dict:
+    """One batch size and arm: throughput over its counted rounds, decoding counters, accuracy, step timings."""
     replies = [r for rnd in rounds for r in rnd.replies]
     seconds = sum(rnd.seconds for rnd in rounds)
-    stats = arms.summed_stats(replies)
     output_tokens = sum(r["meta_info"]["completion_tokens"] for r in replies)
     record = {
-        "batch_size": batch_size, "arm": arm, "threshold": threshold, "alpha": alpha, "rounds": len(rounds),
+        "batch_size": batch_size, "arm": arm, "threshold": args.threshold, "alpha": arms.arm_alpha(arm, args.alpha),
+        "budget_reset": None if arm == "stock" else arms.resolved_focus_options(args)["budget_reset"],
+        "rounds": len(rounds),
         "output_throughput": output_tokens / seconds, "request_throughput": len(replies) / seconds,
         "output_tokens": output_tokens, "seconds": seconds,
-        "forwards_per_request": stats["forwards"] / len(replies),
-        **arms.stat_ratios(stats),
+        **arms.decoding_fields(replies),
         "accuracy": None,
         **step_time_fields(rounds),
     }
@@ -115,8 +119,15 @@ def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Wor
     return record
 
 
+def rotated(order: Sequence[str], rep: int) -> list[str]:
+    """`order` rotated left by `rep`: over len(order) repetitions every arm runs once in every position."""
+    shift = rep % len(order)
+    return [*order[shift:], *order[:shift]]
+
+
 def measure(servers: dict[str, LocalServer], workload: Workload, batch_sizes: Sequence[int], repeats: int,
             tokenizer: Tokenizer | None, args: argparse.Namespace) -> list[dict]:
+    """Warm-up and counted rounds of every batch size and arm (servers in report order); one record per cell."""
     records = []
     total = len(batch_sizes) * len(servers) * (repeats + 1)
     with tqdm(total=total, desc="rounds", unit="round", dynamic_ncols=True) as bar:
@@ -127,43 +138,46 @@ def measure(servers: dict[str, LocalServer], workload: Workload, batch_sizes: Se
                 bar.update()
             rounds: dict[str, list[Round]] = {arm: [] for arm in servers}
             for rep in range(repeats):
-                order = list(servers) if rep % 2 == 0 else list(servers)[::-1]
-                for arm in order:
+                for arm in rotated(list(servers), rep):
                     rounds[arm].append(run_round(servers[arm], payloads))
                     bar.set_postfix(batch=batch_size, arm=arm)
                     bar.update()
-            for arm in servers:
-                records.append(arm_record(arm, batch_size, rounds[arm], workload, tokenizer,
-                                          threshold=args.threshold, alpha=args.alpha if arm == "focus" else None))
+            records.extend(arm_record(arm, batch_size, rounds[arm], workload, tokenizer, args) for arm in servers)
     return records
 
 
 def speedups(records: Sequence[dict], num_layers: int) -> list[dict]:
+    """Per batch size and FOCUS arm measured next to stock: its output throughput over stock's, the layer bound of
+    its kept share and the share of that bound reached (batch sizes without a stock record are left out)."""
     by_key = {(r["batch_size"], r["arm"]): r for r in records}
     rows = []
     for batch_size in sorted({r["batch_size"] for r in records}):
-        stock, focus = by_key.get((batch_size, "stock")), by_key.get((batch_size, "focus"))
-        if not (stock and focus):
-            continue
-        speedup = focus["output_throughput"] / stock["output_throughput"]
-        bound = layer_bound(num_layers, focus["kept_ratio"]) if focus["kept_ratio"] is not None else None
-        rows.append({"batch_size": batch_size, "speedup": speedup, "bound": bound,
-                     "share_of_bound": speedup / bound if bound else None})
+        stock = by_key.get((batch_size, "stock"))
+        for arm in arms.FOCUS_ARMS:
+            other = by_key.get((batch_size, arm))
+            if not (stock and other):
+                continue
+            speedup = other["output_throughput"] / stock["output_throughput"]
+            bound = layer_bound(num_layers, other["kept_ratio"]) if other["kept_ratio"] is not None else None
+            rows.append({"batch_size": batch_size, "arm": arm, "speedup": speedup, "bound": bound,
+                         "share_of_bound": speedup / bound if bound else None})
     return rows
 
 
 def markdown_table(records: Sequence[dict], gains: Sequence[dict]) -> str:
+    """One row per batch size and arm; the speedup columns are filled for the FOCUS arms."""
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
-    gain = {g["batch_size"]: g for g in gains}
-    lines = ["| batch | arm | output tok/s | req/s | forwards/req | tok/forward | kept (all / masked) | step ms "
-             "| selection share | accuracy | FOCUS/stock | bound L/(2+(L-2)k) | share of bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    gain = {(g["batch_size"], g["arm"]): g for g in gains}
+    lines = ["| batch | arm | output tok/s | forwards/req | tok/forward | rows/forward | kept (all / masked) "
+             "| evicted | step ms | selection share | accuracy | × stock | bound L/(2+(L-2)k) | share of bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        g = gain.get(r["batch_size"]) if r["arm"] == "focus" else None
+        g = gain.get((r["batch_size"], r["arm"]))
         lines.append(
-            f"| {r['batch_size']} | {r['arm']} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f} "
+            f"| {r['batch_size']} | {r['arm']} | {r['output_throughput']:.1f} "
             f"| {r['forwards_per_request']:.1f} | {fmt(r['tokens_per_forward'], '.2f')} "
-            f"| {fmt(r['kept_ratio'], '.2f')} / {fmt(r['masked_kept_ratio'], '.2f')} "
+            f"| {fmt(r['rows_per_forward'], '.1f')} "
+            f"| {fmt(r['kept_ratio'], '.2f')} / {fmt(r['masked_kept_ratio'], '.2f')} | {r['evicted']} "
             f"| {fmt(r.get('mean_step_ms'), '.1f')} | {fmt(r.get('selection_share'), '.1%')} "
             f"| {fmt(None if r['accuracy'] is None else 100 * r['accuracy'], '.1f')} "
             f"| {fmt(g and g['speedup'], '.2f')} | {fmt(g and g['bound'], '.2f')} "
@@ -171,26 +185,40 @@ def markdown_table(records: Sequence[dict], gains: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+ARM_STYLES = {"stock": ("o-", "C0"), "delayed": ("^-", "C2"), "focus": ("s-", "C1")}
+
+
 def save_plot(records: Sequence[dict], gains: Sequence[dict], path: Path, title: str) -> None:
+    """Output tok/s per arm against batch size; on a second axis each FOCUS arm's speedup over stock (dashed) and
+    its layer bound (dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, style in (("stock", "o-"), ("focus", "s-")):
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for arm, (style, color) in ARM_STYLES.items():
         points = sorted((r["batch_size"], r["output_throughput"]) for r in records if r["arm"] == arm)
         if points:
-            ax.plot(*zip(*points), style, label=f"{arm} output tok/s")
+            ax.plot(*zip(*points), style, color=color, label=f"{arm} output tok/s")
     ax.set(xscale="log", xlabel="batch size (concurrent requests)", ylabel="output tokens / s", title=title)
     ax.set_xticks([r["batch_size"] for r in records], [str(r["batch_size"]) for r in records])
     if gains:
         twin = ax.twinx()
-        twin.plot([g["batch_size"] for g in gains], [g["speedup"] for g in gains], "k--", label="FOCUS / stock")
+        for arm in arms.FOCUS_ARMS:
+            mine = [g for g in gains if g["arm"] == arm]
+            if not mine:
+                continue
+            color = ARM_STYLES[arm][1]
+            twin.plot([g["batch_size"] for g in mine], [g["speedup"] for g in mine], "--", color=color,
+                      label=f"{arm} / stock")
+            bounded = [g for g in mine if g["bound"] is not None]
+            twin.plot([g["batch_size"] for g in bounded], [g["bound"] for g in bounded], ":", color=color,
+                      label=f"{arm} layer bound")
         twin.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
-        twin.set_ylabel("speedup")
-        twin.legend(loc="lower right")
-    ax.legend(loc="upper left")
+        twin.set_ylabel("speedup over stock")
+        twin.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -203,10 +231,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=Path, default=None, help="one prompt per line (default: held-out task problems)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="counted rounds per batch size and arm")
-    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for both arms")
-    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α")
-    arms.add_min_batch_tokens_flag(p)
-    p.add_argument("--dtype", default="auto", help="launch_server --dtype (both arms)")
+    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
+    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
+    arms.add_arm_flags(p)
+    p.add_argument("--dtype", default="auto", help="launch_server --dtype (every arm)")
     p.add_argument("--out", type=Path, default=Path(".cache/bench-throughput"))
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"))
     p.add_argument("--step-times", action=argparse.BooleanOptionalAction, default=None,
@@ -225,29 +253,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--model-path {args.model_path}: no config.json")
     if args.prompts is not None and not args.prompts.is_file():
         p.error(f"--prompts {args.prompts}: no such file")
+    args.arms = arms.chosen_arms(args)
     return args
 
 
 def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
+    """One server per chosen arm, in report order, started side by side; exits with one line (every server
+    stopped) if one fails to start."""
     cfg_dir, largest = arms.config_dir(), max(args.batch_sizes)
     timed = args.step_times if args.step_times is not None else not cuda_available()
     pool = str(max(8192, 2 * largest * (256 + args.max_new_tokens)))
     servers = {}
+    for arm in args.arms:
+        server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
+                                           max_running=largest, dtype=args.dtype, extra=["--max-total-tokens", pool],
+                                           focus_options=arms.focus_options(args))
+        print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
+        env = {STEP_TIMES_ENV: str((args.log_dir / f"step-times-{arm}.json").resolve())} if timed else {}
+        if env:
+            Path(env[STEP_TIMES_ENV]).unlink(missing_ok=True)
+        servers[arm] = LocalServer(args.model_path, server_args, env=env,
+                                   log_path=args.log_dir / f"throughput-{arm}.log")
     try:
-        for arm in arms.ARMS:
-            server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
-                                               max_running=largest, dtype=args.dtype,
-                                               extra=["--max-total-tokens", pool],
-                                               focus_options=arms.focus_options(args))
-            print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
-            env = {STEP_TIMES_ENV: str((args.log_dir / f"step-times-{arm}.json").resolve())} if timed else {}
-            if env:
-                Path(env[STEP_TIMES_ENV]).unlink(missing_ok=True)
-            servers[arm] = LocalServer(args.model_path, server_args, env=env,
-                                       log_path=args.log_dir / f"throughput-{arm}.log").start()
+        start_side_by_side(list(servers.values()))
     except ServerStartError as err:
-        for server in servers.values():
-            server.stop()
         sys.exit(f"bench.throughput: error: {err}")
     return servers
 
@@ -270,17 +299,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for server in servers.values():
             server.stop()
     gains = speedups(records, num_layers)
-    result = {"model": args.model_path.name, "num_layers": num_layers, "threshold": args.threshold,
-              "alpha": args.alpha, "min_batch_tokens": (args.min_batch_tokens if args.min_batch_tokens is not None
-                                                        else arms.DEFAULT_MIN_BATCH_TOKENS), "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-              "dtype": args.dtype, "prompts": str(args.prompts) if args.prompts else "heldout task problems",
-              "records": records, "speedups": gains, "hardware": arms.hardware()}
+    result = {"model": args.model_path.name, "num_layers": num_layers, "arms": args.arms, "threshold": args.threshold,
+              "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": args.max_new_tokens,
+              "repeats": args.repeats, "dtype": args.dtype,
+              "prompts": str(args.prompts) if args.prompts else "heldout task problems",
+              "date": time.strftime("%Y-%m-%d"), "records": records, "speedups": gains, "hardware": arms.hardware()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    title = (f"{args.model_path.name}, τ = {args.threshold}, α = {args.alpha}, "
-             f"min_batch_tokens = {result['min_batch_tokens']}, {result['hardware']['device']}")
-    save_plot(records, gains, args.out / "throughput.png", title)
-    print(f"\n{title}; {args.repeats} counted rounds per cell, warm-up excluded\n")
+    setting = (f"{args.model_path.name}, τ = {args.threshold}, α = {args.alpha}, "
+               f"min_batch_tokens = {result['min_batch_tokens']}, budget_reset = {result['budget_reset']}")
+    device = result["hardware"]["device"]
+    save_plot(records, gains, args.out / "throughput.png", f"{setting}\n{device}")
+    print(f"\n{setting}, {device}; {args.repeats} counted rounds per cell, warm-up excluded\n")
     print(markdown_table(records, gains))
     print(f"\nwrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
     return result

@@ -32,7 +32,9 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
     """`masked` [bs, B] bool (cpu) is the block mask before the step; `prefix_lens` [bs] (cpu) the committed h.
 
     A batch of fewer than `min_batch_tokens` block rows is memory-bound: the step runs as stock SGLang's does, every
-    position of every block and no eviction (see `memory_bound`).
+    position of every block and no eviction (see `memory_bound`). Each request's budget average is
+    `budget_unmasked / budget_decoding_steps` of its state: this block's S / N, or the request's over all its blocks
+    when its state carries the earlier blocks' counters (budget_reset: request).
     """
     bs, block = masked.shape
     steps = torch.tensor([s.steps for s in states], dtype=torch.int64)
@@ -82,8 +84,8 @@ def _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alph
     block = process.shape[1]
     candidates = process & masked  # [bs, B]
     num_masked = candidates.sum(dim=1)
-    averages = kernels.average_decoded(torch.tensor([s.unmasked for s in states], dtype=torch.int64),
-                                       torch.tensor([s.decoding_steps for s in states], dtype=torch.int64))
+    averages = kernels.average_decoded(torch.tensor([s.budget_unmasked for s in states], dtype=torch.int64),
+                                       torch.tensor([s.budget_decoding_steps for s in states], dtype=torch.int64))
     budget = kernels.budget_targets(num_masked, averages, torch.tensor(alphas, dtype=torch.float64))
     # FOCUS never runs in prefill: the first step of a block that still holds prompt tokens.
     in_prefill = (steps == 0) & ~masked.all(dim=1)

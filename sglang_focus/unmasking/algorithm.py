@@ -17,7 +17,7 @@ from sglang_focus.forward.sub_batch import rows_batch
 from sglang_focus.stats import COUNT_FIELDS, STEP_KEY
 from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import FocusReqState
-from sglang_focus.unmasking.delayed_cache import apply_caching_rule, record_step
+from sglang_focus.unmasking.delayed_cache import apply_caching_rule, next_block_state, record_step
 from sglang_focus.unmasking.low_confidence import unmask_kept_rows
 
 class Focus(LowConfidence):
@@ -69,9 +69,10 @@ class Focus(LowConfidence):
         ids = forward_batch.input_ids.view(bs, block)
         masked_dev = self._to_decode(forward_batch, ids)
         masked = masked_dev.cpu()
+        alphas, carry_budget = self._request_settings(forward_batch)
         with STEP_TIMES.section("plan"):
             plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu),
-                             self._alphas(forward_batch), delayed_cache=self.focus_config.delayed_cache,
+                             alphas, delayed_cache=self.focus_config.delayed_cache,
                              device=ids.device, min_batch_tokens=self.focus_config.min_batch_tokens)
             batch = self._step_batch(forward_batch, plan)
         with STEP_TIMES.section("model_forward"):
@@ -90,7 +91,10 @@ class Focus(LowConfidence):
         for state, unmasked, right in zip(states, newly.tolist(), rightmost.tolist()):
             record_step(state, newly_unmasked=unmasked, rightmost_kept=right)
         done = (masked.sum(dim=1) == 0).tolist()
-        states_out = [None if done[r] else states[r] for r in range(bs)]
+        # A finished block hands SGLang the next block's state (None = fresh; patches/dllm_mixin_scheduler.py keeps
+        # a carried one across the block switch).
+        states_out = [next_block_state(states[r], carry_budget=carry_budget[r]) if done[r] else states[r]
+                      for r in range(bs)]
         result = (out.logits_output, new_ids_host.tolist(), [block if d else 0 for d in done], states_out,
                   out.can_run_graph)
         return result, plan.eviction is not None
@@ -103,10 +107,15 @@ class Focus(LowConfidence):
             masked &= ~forward_batch.dllm_prompt_mask
         return masked
 
-    def _alphas(self, forward_batch) -> list[float]:
-        from sglang_focus.request_params import request_alphas
+    def _request_settings(self, forward_batch) -> tuple[list[float], list[bool]]:
+        """Per request in batch order: α, and whether its budget counters carry over blocks (budget_reset:
+        request), each the request's own override or the server's setting."""
+        from sglang_focus.request_params import batch_request_params
 
-        return request_alphas(forward_batch, self.focus_config.alpha)
+        params = batch_request_params(forward_batch)
+        cfg = self.focus_config
+        return ([p.resolve_alpha(cfg.alpha) for p in params],
+                [p.resolve_budget_reset(cfg.budget_reset) == "request" for p in params])
 
     @staticmethod
     def _step_batch(forward_batch, plan: StepPlan):

@@ -1,4 +1,5 @@
-"""Delayed cache (spec §2): which block positions a step processes, and which become cached after it.
+"""Delayed cache (spec §2): which block positions a step processes, and which become cached after it; the
+per-request counters a step advances, and what of them a block switch keeps.
 
 The batch functions work on [bs, B] host tensors; the single-request forms are thin wrappers used by tests.
 """
@@ -58,3 +59,19 @@ def record_step(state: FocusReqState, *, newly_unmasked: int, rightmost_kept: in
     state.unmasked += newly_unmasked
     state.decoding_steps += int(newly_unmasked > 0)
     state.progress = max(state.progress, rightmost_kept)
+
+
+def next_block_state(state: FocusReqState, *, carry_budget: bool) -> FocusReqState | None:
+    """The state a request starts its next block with, once the block of `state` is fully decoded.
+
+    None (SGLang's "no state": the next block starts fresh, spec §4.5) unless `carry_budget` (budget_reset:
+    request); then a fresh block state (every position uncached, no steps, progress -1, S = N = 0 for the block)
+    whose `earlier_*` counters add this block's S and N to the earlier blocks', so the next block's first budget
+    is the request's running average. Does not mutate `state`.
+    """
+    if not carry_budget:
+        return None
+    carried = FocusReqState.fresh(len(state.uncached))
+    carried.earlier_unmasked = state.budget_unmasked
+    carried.earlier_decoding_steps = state.budget_decoding_steps
+    return carried

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sglang_focus.bench import accuracy as bench_accuracy
+from sglang_focus.bench.arms import ARMS
 from sglang_focus.training import tasks
 from sglang_focus.training.tokenizer import EOS_TOKEN
 from sglang_focus.training.train import block_diffusion_generate, load_checkpoint
@@ -33,15 +34,23 @@ def harness(tmp_path_factory) -> dict:
 
 def test_harness_writes_one_record_per_arm_at_the_same_threshold(harness):
     records = {r["arm"]: r for r in harness["records"]}
-    assert list(records) == ["stock", "focus"]
+    assert list(records) == list(ARMS) == ["stock", "delayed", "focus"]
     for r in records.values():
         assert r["n"] == N and r["threshold"] == 0.8 and 0.0 <= r["accuracy"] <= 1.0
         assert r["accuracy"] == pytest.approx(r["correct"] / N)
-        assert r["tokens_per_forward"] >= 1.0 and r["output_tokens_per_s"] > 0
+        assert r["tokens_per_forward"] >= 1.0 and r["output_tokens_per_s"] > 0 and r["forwards_per_request"] >= 1.0
+        assert r["speedup"] == pytest.approx(r["output_tokens_per_s"] / records["stock"]["output_tokens_per_s"])
         expected = sum(tasks.normalize(a["expected"]) == a[r["arm"]] for a in harness["answers"])
         assert r["correct"] == expected, "the record's score is the exact match of the listed answers"
-    assert records["stock"]["masked_kept_ratio"] == 1.0, "stock never evicts"
-    assert records["focus"]["masked_kept_ratio"] < 1.0, "FOCUS evicts masked rows on this model"
+    stock, delayed, focus = records["stock"], records["delayed"], records["focus"]
+    assert stock["masked_kept_ratio"] == 1.0 and stock["evicted"] == 0, "stock never evicts"
+    assert stock["rows_per_forward"] == 16.0 and stock["budget_reset"] is None
+    assert delayed["evicted"] == 0 and delayed["masked_kept_ratio"] == 1.0, "the delayed-only arm never evicts"
+    assert delayed["rows_per_forward"] < 16.0, "the delayed cache skips cached positions"
+    assert delayed["alpha"] == "inf" and delayed["budget_reset"] == focus["budget_reset"] == "request", "default"
+    assert focus["masked_kept_ratio"] < 1.0 and focus["evicted"] > 0, "FOCUS evicts masked rows on this model"
+    assert set(harness["agreement"]) == {"delayed", "focus"}
+    assert all(0.0 <= share <= 1.0 for share in harness["agreement"].values())
 
 
 def test_stock_arm_answers_are_the_reference_decoders(harness):

@@ -5,7 +5,8 @@ its own per-layer KV for the current block so that evicted rows are attended thr
 FOCUS_SPEC §4.7-4.8 describes: layer 0 on every block row, layer-1 KV written for every row and then eviction by
 the importance delta (kernels' PyTorch references), layers 2..L on the kept rows only, keys up to the rightmost
 kept row, unmasking among kept masked rows. If the server matches it, FOCUS's quality on the bundled model is the
-algorithm's, not a defect of the integration.
+algorithm's, not a defect of the integration. With `budget_reset: request` (sent per request) the reference carries
+the budget counters S and N from block to block.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def prefix_kv(model, committed: list[int], start: int):
 
 
 class BlockState:
-    def __init__(self, block_size: int, num_layers: int):
+    def __init__(self, block_size: int, num_layers: int, earlier: tuple[int, int] = (0, 0)):
         self.kv = [[None] * block_size for _ in range(num_layers)]  # per layer, per position: (k [H_kv, d], v)
         self.progress, self.unmasked, self.decoding_steps, self.steps = -1, 0, 0, 0
+        self.earlier = earlier  # (S, N) of the request's earlier blocks when the budget runs over the request
 
     def keys(self, layer: int, prefix, upto: int):
         rows = self.kv[layer][:upto + 1]
@@ -109,8 +111,8 @@ def focus_step(model, block: list[int], start: int, prefix, state: BlockState, f
     state.write(1, list(range(bs)), k, v)
     i1 = importance(q, k, masked)
     budget = kernels.budget_targets(torch.tensor([len(masked)]),
-                                    kernels.average_decoded(torch.tensor([state.unmasked]),
-                                                            torch.tensor([state.decoding_steps])),
+                                    kernels.average_decoded(torch.tensor([state.earlier[0] + state.unmasked]),
+                                                            torch.tensor([state.earlier[1] + state.decoding_steps])),
                                     torch.tensor([ALPHA], dtype=torch.float64))
     prefill = state.steps == 0 and first_new > 0  # a block holding prompt tokens never evicts on its first step
     if bool(budget.evict[0]) and not prefill:
@@ -143,17 +145,19 @@ def focus_step(model, block: list[int], start: int, prefix, state: BlockState, f
 
 
 @torch.inference_mode()
-def focus_generate(model, prompt: list[int], eos_id: int) -> list[int]:
+def focus_generate(model, prompt: list[int], eos_id: int, *, carry_budget: bool = False) -> list[int]:
     bs, mask_id = model.cfg["block_size"], model.cfg["mask_token_id"]
-    committed, output = list(prompt), []
+    committed, output, earlier = list(prompt), [], (0, 0)
     while len(output) < MAX_NEW_TOKENS:
         start = len(committed) // bs * bs
         first_new = len(committed) - start
         block = committed[start:] + [mask_id] * (bs - first_new)
-        prefix, state = prefix_kv(model, committed, start), BlockState(bs, len(model.model.layers))
+        prefix, state = prefix_kv(model, committed, start), BlockState(bs, len(model.model.layers), earlier)
         while any(block[p] == mask_id for p in range(first_new, bs)):
             for p, tok in focus_step(model, block, start, prefix, state, first_new, mask_id).items():
                 block[p] = tok
+        if carry_budget:
+            earlier = (earlier[0] + state.unmasked, earlier[1] + state.decoding_steps)
         committed = committed[:start] + block
         output += block[first_new:]
         if eos_id in block[first_new:]:
@@ -171,25 +175,35 @@ def server(tmp_path_factory):
         yield srv
 
 
-def test_server_focus_matches_the_spec_reference_token_for_token(server):
+@pytest.mark.parametrize("budget_reset", ["block", "request"])
+def test_server_focus_matches_the_spec_reference_token_for_token(server, budget_reset):
+    """The server decodes what the reference decodes, for each budget_reset (sent per request).
+
+    To show the check can tell the variants apart, some output must differ from the simpler decoder: stock
+    LowConfidence for `block`, the per-block budget reference for `request`.
+    """
     torch.set_num_threads(1)
     model, tokenizer = load_checkpoint(BUNDLED)
     model.eval()
     eos = tokenizer.token_to_id(EOS_TOKEN)
+    carry = budget_reset == "request"
+    sampling = {"max_new_tokens": MAX_NEW_TOKENS, "custom_params": {"focus": {"budget_reset": budget_reset}}}
     problems = [p for p in tasks.generate("heldout", 30, seed="0") if p.task in ("reverse", "sort")][:8]
-    evicted = differs_from_stock = 0
+    evicted = differs = 0
     for problem in problems:
         prompt, _ = tasks.encode_problem(tokenizer, problem)
-        resp = server.generate({"input_ids": prompt, "sampling_params": {"max_new_tokens": MAX_NEW_TOKENS}})
+        resp = server.generate({"input_ids": prompt, "sampling_params": sampling})
         assert resp.status_code == 200, resp.text
         item = resp.json()
         evicted += item["meta_info"]["focus_stats"]["evicted"]
-        expected = focus_generate(model, prompt, eos)
+        expected = focus_generate(model, prompt, eos, carry_budget=carry)
         got = item["output_ids"]
         assert got == expected, (
             f"{problem.prompt}\nserver:    {tokenizer.decode(got)}\nreference: {tokenizer.decode(expected)}")
-        stock = block_diffusion_generate(model, prompt, threshold=THRESHOLD, max_new_tokens=MAX_NEW_TOKENS,
-                                         eos_id=eos).ids
-        differs_from_stock += stock != expected
+        simpler = (focus_generate(model, prompt, eos) if carry else
+                   block_diffusion_generate(model, prompt, threshold=THRESHOLD, max_new_tokens=MAX_NEW_TOKENS,
+                                            eos_id=eos).ids)
+        differs += simpler != expected
     assert evicted > 0, "the comparison must exercise eviction"
-    assert differs_from_stock > 0, "eviction must change some output, or the check could not tell FOCUS from stock"
+    assert differs > 0, (f"budget_reset {budget_reset}: no output differs from the simpler decoder, so the check "
+                         "could not tell them apart")

@@ -10,9 +10,14 @@ import pytest
 from sglang_focus.config import FocusConfig, FocusConfigError, parse_focus_config
 
 
-def test_defaults_follow_the_spec():
+def test_defaults_follow_the_spec_but_carry_the_budget_over_the_request():
     cfg = parse_focus_config(None)
-    assert cfg == FocusConfig(alpha=1.5, threshold=0.8, delayed_cache=True)
+    assert cfg == FocusConfig(alpha=1.5, threshold=0.8, delayed_cache=True, budget_reset="request")
+
+
+@pytest.mark.parametrize("value", ["block", "request"])
+def test_budget_reset_takes_block_or_request(value):
+    assert parse_focus_config({"budget_reset": value}).budget_reset == value
 
 
 def test_config_is_frozen():
@@ -44,6 +49,10 @@ def test_infinite_alpha_disables_eviction_and_round_trips():
     ({"mask_id": -1}, "'mask_id' must be a token id"),
     ({"delayed_cache": "yes"}, "'delayed_cache' must be true or false"),
     ({"min_batch_tokens": -1}, "'min_batch_tokens' must be >= 0"),
+    ({"budget_reset": "never"}, "'budget_reset' must be 'block' or 'request', got 'never'"),
+    ({"budget_reset": "Block"}, "'budget_reset' must be 'block' or 'request', got 'Block'"),
+    ({"budget_reset": None}, "'budget_reset' must be 'block' or 'request', got None"),
+    ({"budget_reset": 1}, "'budget_reset' must be 'block' or 'request', got 1"),
     ({"alpah": 2}, "unknown FOCUS option(s) 'alpah'"),
 ])
 def test_bad_values_name_the_option(raw, message):
@@ -60,6 +69,9 @@ def test_engine_kwargs_select_focus_with_a_validated_yaml():
     kwargs = engine_kwargs(alpha=2, threshold=0.9)
     assert kwargs["dllm_algorithm"] == "Focus"
     with open(kwargs["dllm_algorithm_config"]) as f:
-        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True, "min_batch_tokens": 128}
+        assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True, "min_batch_tokens": 128,
+                                     "budget_reset": "request"}
+    with open(engine_kwargs(budget_reset="block")["dllm_algorithm_config"]) as f:
+        assert yaml.safe_load(f)["budget_reset"] == "block"
     with pytest.raises(FocusConfigError):
         engine_kwargs(alpha=0)

@@ -11,6 +11,7 @@ from sglang_focus.config import FocusConfigError
 from sglang_focus.patches.sampling_sampling_batch_info import carry_focus_request_params
 from sglang_focus.request_params import (
     FocusRequestParams,
+    batch_request_params,
     parse_request_params,
     request_alphas,
     validate_request,
@@ -40,6 +41,8 @@ def test_alpha_override(focus, alpha):
     ({"enabled": "no"}, "'focus.enabled'"), ({"enabled": 0}, "'focus.enabled'"),
     ({"enabled": False, "alpha": 2}, "'focus.alpha'"),
     ({"alpha": 2, "budget": 3}, "'focus.budget'"),
+    ({"budget_reset": "step"}, "'focus.budget_reset' must be 'block' or 'request', got 'step'"),
+    ({"budget_reset": None}, "'focus.budget_reset'"),
 ])
 def test_invalid_parameter_is_an_error_naming_the_key(focus, named):
     with pytest.raises(FocusConfigError, match=named):
@@ -50,6 +53,14 @@ def test_invalid_parameter_is_an_error_naming_the_key(focus, named):
 def test_focus_entry_must_be_an_object(focus):
     with pytest.raises(FocusConfigError, match="'focus'"):
         parse_request_params({"focus": focus})
+
+
+@pytest.mark.parametrize("focus, server, resolved", [
+    ({}, "block", "block"), ({}, "request", "request"), ({"budget_reset": "request"}, "block", "request"),
+    ({"budget_reset": "block", "alpha": 2}, "request", "block"),
+])
+def test_budget_reset_override(focus, server, resolved):
+    assert parse_request_params({"focus": focus}).resolve_budget_reset(server) == resolved
 
 
 def fake_req(custom_params):
@@ -76,6 +87,14 @@ def test_request_alphas_follow_batch_order_and_ignore_other_keys():
     params = [None, {"focus": {"alpha": 3}, "__req__": object()}, {"thinking_budget": 4},
               {"focus": {"enabled": False}}]
     assert request_alphas(fake_forward_batch(params, 4), 1.5) == [1.5, 3.0, 1.5, math.inf]
+
+
+def test_batch_request_params_follow_batch_order():
+    params = [None, {"focus": {"budget_reset": "request"}}, {"focus": {"alpha": 2}}]
+    resolved = batch_request_params(fake_forward_batch(params, 3))
+    assert [p.resolve_budget_reset("block") for p in resolved] == ["block", "request", "block"]
+    assert [p.resolve_alpha(1.5) for p in resolved] == [1.5, 1.5, 2.0]
+    assert batch_request_params(fake_forward_batch(None, 2)) == [FocusRequestParams()] * 2
 
 
 def test_request_alphas_refuse_a_list_misaligned_with_the_batch():

@@ -189,6 +189,7 @@ def test_arm_ratios_of_summed_counters_and_none_when_nothing_was_counted():
     from sglang_focus.bench.arms import stat_ratios
 
     ratios = stat_ratios({"forwards": 4, "processed": 64, "kept": 40, "evicted": 24, "masked": 48, "unmasked": 12})
-    assert ratios == {"tokens_per_forward": 3.0, "kept_ratio": 0.625, "masked_kept_ratio": 0.5}
+    assert ratios == {"tokens_per_forward": 3.0, "rows_per_forward": 16.0, "kept_ratio": 0.625,
+                      "masked_kept_ratio": 0.5}
     empty = stat_ratios(dict.fromkeys(("forwards", "processed", "kept", "evicted", "masked", "unmasked"), 0))
     assert set(empty.values()) == {None}
