@@ -236,13 +236,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.base_url:
         reports = run_load_test(args.base_url, server_pid=args.server_pid, **run)
     else:
-        from sglang_focus.bench.arms import DEFAULT_ALPHA, DEFAULT_THRESHOLD, arm_server_args, config_dir
+        from sglang_focus.bench.arms import DEFAULT_ALPHA, DEFAULT_THRESHOLD, arm_server_args, arm_server_env, config_dir
         from sglang_focus.bench.local_server import LocalServer
 
         server_args = arm_server_args(args.arm, threshold=DEFAULT_THRESHOLD, alpha=DEFAULT_ALPHA,
                                       config_dir=config_dir(), max_running=args.max_running_requests)
         print(f"starting {args.arm} server on {args.model_path} ...", flush=True)
-        with LocalServer(args.model_path, server_args, log_path=args.log) as server:
+        with LocalServer(args.model_path, server_args, env=arm_server_env(args.arm), log_path=args.log) as server:
             reports = run_load_test(server.base_url, server_pid=server.process.pid, **run)
     return 0 if all(r.passed for r in reports) else 1
 

@@ -74,14 +74,20 @@ def add_comparisons(records: Sequence[dict], completions: dict[str, list[str]]) 
             for arm in arms.FOCUS_ARMS if arm in completions}
 
 
-def run_arm(arm: str, args: argparse.Namespace, payloads: Sequence[dict], cfg_dir: Path) -> tuple[list[dict], float]:
-    """Serve `arm`, answer every payload, stop the server; (replies, seconds spent answering)."""
+def arm_server(arm: str, args: argparse.Namespace, cfg_dir: Path) -> LocalServer:
+    """`arm`'s server (not started): its flags and environment from `arms`, its log in `--log-dir`."""
     server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
                                        max_running=args.max_running, dtype=args.dtype,
                                        focus_options=arms.focus_options(args))
-    log = args.log_dir / f"server-{arm}.log"
-    print(f"[{arm}] starting the server (log: {log})", flush=True)
-    with LocalServer(args.model_path, server_args, log_path=log) as server:
+    return LocalServer(args.model_path, server_args, env=arms.arm_server_env(arm),
+                       log_path=args.log_dir / f"server-{arm}.log")
+
+
+def run_arm(arm: str, args: argparse.Namespace, payloads: Sequence[dict], cfg_dir: Path) -> tuple[list[dict], float]:
+    """Serve `arm`, answer every payload, stop the server; (replies, seconds spent answering)."""
+    server = arm_server(arm, args, cfg_dir)
+    print(f"[{arm}] starting the server (log: {server.log_path})", flush=True)
+    with server:
         began = time.perf_counter()
         replies = arms.run_requests(server.base_url, payloads, concurrency=args.max_running, desc=arm)
         return replies, time.perf_counter() - began

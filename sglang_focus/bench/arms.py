@@ -5,9 +5,10 @@
   (same memory-bound guard, same budget_reset): what the delayed cache alone costs or saves;
 - `focus`: FOCUS as configured (alpha, delayed cache, eviction).
 
-`arm_server_args` is the single place that turns an arm into `launch_server` flags, so the accuracy and throughput
-benchmarks cannot drift apart: every arm gets the same threshold, the same scheduler limits and the same dtype; only
-the algorithm and FOCUS's options differ. `run_requests` posts payloads concurrently to `/generate` and returns the
+`arm_server_args` and `arm_server_env` are the single place that turns an arm into `launch_server` flags and
+environment, so the accuracy and throughput benchmarks cannot drift apart: every arm gets the same threshold, the
+same scheduler limits, the same dtype and the same attention path (FlashInfer planned paged, as every FOCUS server
+plans it); only the algorithm and FOCUS's options differ. `run_requests` posts payloads concurrently to `/generate` and returns the
 responses in payload order, with a progress bar; `decoding_fields` turns the replies' `focus_stats` into the
 per-arm fields both benchmarks report.
 """
@@ -95,6 +96,17 @@ def arm_server_args(arm: str, *, threshold: float, alpha: float, config_dir: Pat
         return ["--dllm-algorithm", "LowConfidence", "--dllm-algorithm-config", cfg, *common]
     options = focus_yaml(arm, threshold=threshold, alpha=alpha, focus_options=focus_options)
     return ["--focus", "--focus-config", _write_yaml(config_dir / f"{arm}.yaml", options), *common]
+
+
+def arm_server_env(arm: str) -> dict[str, str]:
+    """Environment added to `arm`'s server: the same for every arm. FOCUS servers plan FlashInfer extend batches
+    paged (exported at their launch); the stock arm is started with that switch too, so that both arms compare on
+    one attention path rather than paged against ragged + merged prefix."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    from sglang_focus.compat import attention_path_env
+
+    return attention_path_env()
 
 
 def focus_yaml(arm: str, *, threshold: float, alpha: float,
@@ -210,4 +222,4 @@ def _cpu_name() -> str:
 
 
 __all__ = ["ARMS", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "FOCUS_ARMS", "BenchRequestError", "arm_alpha",
-           "arm_server_args", "config_dir", "decoding_fields", "hardware", "run_requests", "summed_stats"]
+           "arm_server_args", "arm_server_env", "config_dir", "decoding_fields", "hardware", "run_requests", "summed_stats"]

@@ -269,8 +269,9 @@ def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
                                            max_running=largest, dtype=args.dtype, extra=["--max-total-tokens", pool],
                                            focus_options=arms.focus_options(args))
         print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
-        env = {STEP_TIMES_ENV: str((args.log_dir / f"step-times-{arm}.json").resolve())} if timed else {}
-        if env:
+        env = arms.arm_server_env(arm)
+        if timed:
+            env[STEP_TIMES_ENV] = str((args.log_dir / f"step-times-{arm}.json").resolve())
             Path(env[STEP_TIMES_ENV]).unlink(missing_ok=True)
         servers[arm] = LocalServer(args.model_path, server_args, env=env,
                                    log_path=args.log_dir / f"throughput-{arm}.log")

@@ -1,0 +1,38 @@
+"""Every arm of a comparison runs one attention path: the benchmarks start the stock arm with the paged-planning
+switch every FOCUS server exports at its launch (servers built, not started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_focus.bench import accuracy, arms, throughput
+from sglang_focus.compat import FLASHINFER_PAGED_ENV, attention_path_env
+
+BUNDLED = "models/sdar-tasks"
+
+
+def test_every_arm_gets_the_attention_path_of_focus_servers():
+    envs = {arm: arms.arm_server_env(arm) for arm in arms.ARMS}
+    assert all(env == attention_path_env() for env in envs.values()), envs
+    assert attention_path_env()[FLASHINFER_PAGED_ENV] == "1"
+    with pytest.raises(ValueError, match="arm must be one of"):
+        arms.arm_server_env("fast")
+
+
+def test_bench_throughput_starts_every_arm_on_the_paged_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "start_side_by_side", lambda servers: None)
+    args = throughput.parse_args(["--model-path", BUNDLED, "--batch-sizes", "1,4", "--log-dir", str(tmp_path),
+                                  "--step-times"])
+    servers = throughput.start_servers(args)
+    assert list(servers) == list(arms.ARMS)
+    for arm, server in servers.items():
+        assert server.extra_env[FLASHINFER_PAGED_ENV] == "1", (arm, server.extra_env)
+        assert server.extra_env[throughput.STEP_TIMES_ENV].endswith(f"step-times-{arm}.json")
+
+
+def test_bench_accuracy_starts_every_arm_on_the_paged_path(tmp_path):
+    args = accuracy.parse_args(["--model-path", BUNDLED, "--n", "5", "--log-dir", str(tmp_path)])
+    for arm in arms.ARMS:
+        server = accuracy.arm_server(arm, args, tmp_path)
+        assert server.extra_env == attention_path_env(), (arm, server.extra_env)
+        assert server.process is None and server.log_path == tmp_path / f"server-{arm}.log"
