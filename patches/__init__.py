@@ -163,6 +163,52 @@ MANIFEST: tuple[Patch, ...] = (
         removal="An upstream per-request stats channel for dLLM algorithms.",
     ),
     Patch(
+        module="managers_scheduler", hook="finish_aborted_dllm_requests",
+        target="sglang.srt.managers.scheduler.Scheduler.abort_request",
+        kind="AROUND", scope="dllm",
+        why="A dLLM request aborted between denoising rounds is answered with a bare AbortReq, so the reply holds "
+            "only the tokens already delivered (a non-streamed request: one chunk per 50 tokens), disagreeing "
+            "with its streamed form and carrying no focus_stats; the detokenizer keeps the rid's decode state, "
+            "so a request reusing the rid gets stray text. Stock algorithms included.",
+        how="Before the original, on a dLLM server, pops the matching requests from the dLLM manager and ends each "
+            "as SGLang ends an aborted running request: FINISH_ABORT (503 with the message for timeout aborts), "
+            "streamed through the output streamer and detokenizer, KV released. The original then finds none of "
+            "them and handles every other queue.",
+        removal="Upstream finishing aborted dLLM-manager requests through the output stream (as the "
+                "running-batch abort path does).",
+    ),
+    Patch(
+        module="entrypoints_openai_serving_chat", hook="refuse_grammar_response_formats",
+        target="sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request",
+        kind="AROUND", scope="dllm",
+        why="A `response_format` of json_object, json_schema or structural_tag becomes a grammar field before "
+            "admission, which then refuses it under that field's name (json_object is reported as "
+            "'json_schema'), not what the client sent.",
+        how="After SGLang's own checks, on a dLLM server, returns a 400 message naming 'response_format' and its "
+            "type (`request_params.response_format_error`). Other servers and other requests are unchanged.",
+        removal="Upstream refusing grammar-constrained output for dLLM algorithms in the OpenAI layer.",
+    ),
+    Patch(
+        module="entrypoints_openai_serving_completions", hook="refuse_grammar_response_formats",
+        target="sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request",
+        kind="AROUND", scope="dllm",
+        why="As for chat completions: /v1/completions turns a grammar `response_format` into `json_schema` too.",
+        how="As for chat completions.",
+        removal="As for chat completions.",
+    ),
+    Patch(
+        module="entrypoints_http_server", hook="clean_validation_errors",
+        target="sglang.srt.entrypoints.http_server.launch_server",
+        kind="BEFORE", scope="dllm",
+        why="A malformed body (NaN or Infinity, truncated JSON, a wrong type) gets a 400 whose message is "
+            "`str(RequestValidationError)`, which names an SGLang source file path and line.",
+        how="Before the server starts, on a dLLM server, replaces the RequestValidationError handler of SGLang's "
+            "FastAPI app by one that renders the errors as one line naming the field or the JSON position, in "
+            "SGLang's envelope; /v1/messages and /v1/systemone keep SGLang's own (already clean) rendering.",
+        removal="Upstream rendering validation errors without the endpoint context on every route (as it does "
+                "for /v1/messages).",
+    ),
+    Patch(
         module="dllm_mixin_scheduler", hook="record_focus_stats",
         target="sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.process_batch_result_dllm",
         kind="BEFORE", scope="observe",

@@ -1,9 +1,11 @@
 """Per-request FOCUS parameters, carried in `sampling_params.custom_params["focus"]`.
 
 A request may send `{"focus": {"alpha": <number >= 1 or "inf">, "enabled": <bool>, "budget_reset": "block" |
-"request"}}`; every key is optional. `enabled: false` means α = inf (no eviction for that request);
-`budget_reset` overrides the server's FocusConfig.budget_reset for that request. Other top-level `custom_params`
-keys belong to other features and are ignored. Requests are validated at admission (`validate_request`, scheduler
+"request"}}`; every key is optional. `enabled: false` opts the request out of FOCUS: it decodes exactly as stock
+SGLang would, in any batch (every block position processed every step, so no delayed cache; nothing scored or
+evicted; α reads as inf). `alpha: "inf"` alone only turns eviction off: the delayed cache stays on.
+`budget_reset` overrides the server's FocusConfig.budget_reset for that request. `custom_params` itself must be an
+object (or absent/null); its other top-level keys belong to other features and are ignored. Requests are validated at admission (`validate_request`, scheduler
 process); the worker reads the already-validated values per forward (`batch_request_params`, `request_alphas`).
 
 Admission also rejects, with a message SGLang answers as HTTP 400, what block-diffusion decoding cannot honour:
@@ -41,6 +43,11 @@ class FocusRequestParams(msgspec.Struct, frozen=True):
 
     alpha: float | None = None  # α ≥ 1, inf = no eviction; None = the server's FocusConfig.alpha
     budget_reset: BudgetReset | None = None  # None = the server's FocusConfig.budget_reset
+    enabled: bool = True  # False: decoded as stock (no delayed cache, no scoring, no eviction)
+
+    @property
+    def decodes_as_stock(self) -> bool:
+        return not self.enabled
 
     def resolve_alpha(self, default_alpha: float) -> float:
         return default_alpha if self.alpha is None else self.alpha
@@ -69,14 +76,19 @@ def _parse_enabled(value: Any) -> bool:
     return value
 
 
-def parse_request_params(custom_params: Optional[Mapping[str, Any]]) -> FocusRequestParams:
+def parse_request_params(custom_params: Any) -> FocusRequestParams:
     """Validate a request's `custom_params` into FocusRequestParams.
 
     Only the "focus" entry is read; it may be absent or null (server defaults). Raises FocusConfigError, naming the
-    key, for an unknown key under "focus", a non-numeric or < 1 alpha, a non-boolean `enabled`, `enabled: false`
+    key, for a `custom_params` that is not an object, an unknown key under "focus", a non-numeric or < 1 alpha, a non-boolean `enabled`, `enabled: false`
     together with a finite alpha, or a `budget_reset` other than "block" and "request".
     """
-    focus = custom_params.get(FOCUS_KEY) if isinstance(custom_params, Mapping) else None
+    if custom_params is None:
+        return DEFAULT_PARAMS
+    if not isinstance(custom_params, Mapping):
+        raise FocusConfigError(f"'custom_params' must be an object (FOCUS reads its \"focus\" entry), got "
+                               f"{_kind(custom_params)} {_preview(custom_params)}")
+    focus = custom_params.get(FOCUS_KEY)
     if focus is None:
         return DEFAULT_PARAMS
     if not isinstance(focus, Mapping):
@@ -86,14 +98,28 @@ def parse_request_params(custom_params: Optional[Mapping[str, Any]]) -> FocusReq
         raise FocusConfigError(f"unknown key(s) {', '.join(repr(f'focus.{k}') for k in unknown)}; "
                                f"known: {_known_keys()}")
     alpha = _parse_alpha(focus["alpha"]) if "alpha" in focus else None
-    if "enabled" in focus and not _parse_enabled(focus["enabled"]):
+    enabled = _parse_enabled(focus["enabled"]) if "enabled" in focus else True
+    if not enabled:
         if alpha is not None and alpha != math.inf:
             raise FocusConfigError(f"'focus.enabled': false disables eviction and contradicts "
                                    f"'focus.alpha': {focus['alpha']!r}")
         alpha = math.inf
     budget_reset = (check_choice("focus.budget_reset", focus["budget_reset"], BUDGET_RESETS)
                     if "budget_reset" in focus else None)
-    return FocusRequestParams(alpha=alpha, budget_reset=budget_reset)
+    return FocusRequestParams(alpha=alpha, budget_reset=budget_reset, enabled=enabled)
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of `value`'s type, as a client would call it."""
+    for kind, types in (("a boolean", bool), ("a number", (int, float)), ("a string", str), ("an array", (list, tuple))):
+        if isinstance(value, types):
+            return kind
+    return f"a {type(value).__name__}"
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _known_keys() -> str:
@@ -137,6 +163,40 @@ def dllm_request_error(req, vocab_size: Optional[int] = None) -> Optional[str]:
         return (f"Prompt token id(s) {', '.join(map(str, outside))} are outside the model's vocabulary "
                 f"(ids 0..{vocab_size - 1})")
     return None
+
+
+def response_format_error(request, algorithm: Optional[str]) -> Optional[str]:
+    """For an OpenAI chat or completion request to a server running the dLLM `algorithm` (None: not a dLLM
+    server, always None): an error naming a `response_format` that needs a grammar (json_object, json_schema,
+    structural_tag), or None.
+
+    SGLang turns such a format into a grammar field (json_object becomes `json_schema`), which admission would
+    then refuse under that field's name, not the one the client sent."""
+    kind = getattr(getattr(request, "response_format", None), "type", None)
+    if algorithm is None or kind in (None, "text"):
+        return None
+    decoding = "FOCUS block-diffusion" if algorithm == ALGORITHM_NAME else "Block-diffusion (dLLM)"
+    return f"{decoding} decoding does not support 'response_format' of type {kind!r}: {UNSUPPORTED_REASON}"
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]], limit: int = 500) -> str:
+    """One line naming what is wrong with a request body, from FastAPI's validation `errors`: the field (dotted,
+    without the leading "body") and the problem, or where the body stops being JSON. Never echoes file paths,
+    code locations or the input."""
+    parts = [_validation_part(error) for error in errors] or ["invalid request"]
+    text = "Invalid request: " + "; ".join(parts)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _validation_part(error: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in (error.get("loc") or ()) if p != "body"]
+    msg = str(error.get("msg") or "invalid value").strip()
+    if error.get("type") == "json_invalid":
+        where = f" at character {loc[0]}" if loc else ""
+        detail = (error.get("ctx") or {}).get("error")
+        hint = "; NaN and Infinity are not JSON numbers" if "unexpected character" in str(detail) else ""
+        return f"the body is not valid JSON{where}" + (f" ({detail})" if detail else "") + hint
+    return f"'{'.'.join(loc)}': {msg}" if loc else msg
 
 
 def out_of_vocabulary_ids(input_ids: Sequence[int], vocab_size: Optional[int], limit: int = 5) -> list[int]:

@@ -28,8 +28,12 @@ class StepPlan(NamedTuple):
 
 def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: torch.Tensor,
               alphas: list[float], *, delayed_cache: bool, device: torch.device,
-              min_batch_tokens: int = 0) -> StepPlan:
+              min_batch_tokens: int = 0, as_stock: list[bool] | None = None) -> StepPlan:
     """`masked` [bs, B] bool (cpu) is the block mask before the step; `prefix_lens` [bs] (cpu) the committed h.
+
+    `as_stock` [bs] marks requests that opted out of FOCUS (`enabled: false`): whatever the others do, such a
+    request processes every position of its block every step (no delayed cache) and has no eviction candidate
+    (nothing scored, nothing evicted), so it computes what stock SGLang computes for it.
 
     A batch of fewer than `min_batch_tokens` block rows is memory-bound: the step runs as stock SGLang's does, every
     position of every block and no eviction (see `memory_bound`). Each request's budget average is
@@ -42,15 +46,17 @@ def plan_step(states: list[FocusReqState], masked: torch.Tensor, prefix_lens: to
     if stock_step:
         process = torch.ones_like(masked)
     else:
+        stock_rows = torch.tensor(as_stock if as_stock is not None else [False] * bs, dtype=torch.bool)
         process = processing_mask(torch.tensor([s.uncached for s in states], dtype=torch.bool), steps,
-                                  delayed_cache=delayed_cache)
+                                  delayed_cache=delayed_cache) | stock_rows.unsqueeze(1)
     flat_rows = torch.nonzero(process.view(-1)).squeeze(1)
     counts = process.sum(dim=1)
     rightmost = block - 1 - torch.argmax(process.flip(1).to(torch.int8), dim=1)
     window = prefix_lens.to(torch.int64) + rightmost + 1
     eviction = None
     if not stock_step:
-        eviction = _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alphas, device)
+        eviction = _eviction_input(states, steps, process, masked & ~stock_rows.unsqueeze(1), flat_rows,
+                                   prefix_lens, alphas, device)
     return StepPlan(
         process=process,
         masked=(process & masked).sum(dim=1),

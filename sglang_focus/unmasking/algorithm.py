@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import torch
 from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
@@ -19,6 +19,14 @@ from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import FocusReqState
 from sglang_focus.unmasking.delayed_cache import apply_caching_rule, next_block_state, record_step
 from sglang_focus.unmasking.low_confidence import unmask_kept_rows
+
+class RequestSettings(NamedTuple):
+    """One step's per-request settings, in batch order."""
+
+    alphas: list[float]  # α (inf: no eviction)
+    carry_budget: list[bool]  # budget counters carry over blocks (budget_reset: request)
+    as_stock: list[bool]  # opted out (enabled: false): decoded exactly as stock
+
 
 class Focus(LowConfidence):
     """LowConfidence unmasking with the delayed cache and FOCUS token eviction.
@@ -69,11 +77,12 @@ class Focus(LowConfidence):
         ids = forward_batch.input_ids.view(bs, block)
         masked_dev = self._to_decode(forward_batch, ids)
         masked = masked_dev.cpu()
-        alphas, carry_budget = self._request_settings(forward_batch)
+        settings = self._request_settings(forward_batch)
         with STEP_TIMES.section("plan"):
             plan = plan_step(states, masked, torch.tensor(forward_batch.extend_prefix_lens_cpu),
-                             alphas, delayed_cache=self.focus_config.delayed_cache,
-                             device=ids.device, min_batch_tokens=self.focus_config.min_batch_tokens)
+                             settings.alphas, delayed_cache=self.focus_config.delayed_cache,
+                             device=ids.device, min_batch_tokens=self.focus_config.min_batch_tokens,
+                             as_stock=settings.as_stock)
             batch = self._step_batch(forward_batch, plan)
         with STEP_TIMES.section("model_forward"):
             out = model_runner.forward(batch, pp_proxy_tensors=None)
@@ -93,7 +102,7 @@ class Focus(LowConfidence):
         done = (masked.sum(dim=1) == 0).tolist()
         # A finished block hands SGLang the next block's state (None = fresh; patches/dllm_mixin_scheduler.py keeps
         # a carried one across the block switch).
-        states_out = [next_block_state(states[r], carry_budget=carry_budget[r]) if done[r] else states[r]
+        states_out = [next_block_state(states[r], carry_budget=settings.carry_budget[r]) if done[r] else states[r]
                       for r in range(bs)]
         result = (out.logits_output, new_ids_host.tolist(), [block if d else 0 for d in done], states_out,
                   out.can_run_graph)
@@ -107,15 +116,15 @@ class Focus(LowConfidence):
             masked &= ~forward_batch.dllm_prompt_mask
         return masked
 
-    def _request_settings(self, forward_batch) -> tuple[list[float], list[bool]]:
-        """Per request in batch order: α, and whether its budget counters carry over blocks (budget_reset:
-        request), each the request's own override or the server's setting."""
+    def _request_settings(self, forward_batch) -> "RequestSettings":
+        """Per request in batch order, each the request's own override or the server's setting."""
         from sglang_focus.request_params import batch_request_params
 
         params = batch_request_params(forward_batch)
         cfg = self.focus_config
-        return ([p.resolve_alpha(cfg.alpha) for p in params],
-                [p.resolve_budget_reset(cfg.budget_reset) == "request" for p in params])
+        return RequestSettings(alphas=[p.resolve_alpha(cfg.alpha) for p in params],
+                               carry_budget=[p.resolve_budget_reset(cfg.budget_reset) == "request" for p in params],
+                               as_stock=[p.decodes_as_stock for p in params])
 
     @staticmethod
     def _step_batch(forward_batch, plan: StepPlan):

@@ -125,6 +125,70 @@ def test_abort_request_by_rid_stops_a_running_request(server, fresh_probe):
     assert_recovered(server, fresh_probe)
 
 
+def decoded_tokens(server) -> float:
+    """Tokens decoded so far by the server's dLLM forwards (`sglang:focus_unmasked_tokens`, counted per forward on
+    both arms), to abort a request once it is well into its answer."""
+    text = requests.get(f"{server.base_url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("sglang:focus_unmasked_tokens_total"))
+
+
+AFTER_TOKENS = 48  # abort once this many tokens are decoded: at least two 16-token blocks are committed
+
+
+def abort_non_streamed_after_decoding(server, rid: str) -> dict:
+    before = decoded_tokens(server)
+    flight = InFlight(server, [rid])
+    wait_for_load(server, lambda load: decoded_tokens(server) - before >= AFTER_TOKENS)
+    requests.post(f"{server.base_url}/abort_request", json={"rid": rid}, timeout=30).raise_for_status()
+    return flight.replies()[rid].json()
+
+
+def abort_streamed_after_decoding(server, rid: str) -> tuple[dict, list[dict]]:
+    """(the last chunk, every chunk) of a stream aborted once its chunks hold AFTER_TOKENS tokens."""
+    payload = {**PROBE, "rid": rid, "stream": True,
+               "sampling_params": {**PROBE["sampling_params"], "max_new_tokens": LONG}}
+    chunks, aborted = [], False
+    with requests.post(f"{server.base_url}/generate", json=payload, stream=True, timeout=120) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith(b"data:") and line != b"data: [DONE]":
+                chunks.append(json.loads(line[5:]))
+                if not aborted and len(chunks[-1]["output_ids"]) >= AFTER_TOKENS:
+                    requests.post(f"{server.base_url}/abort_request", json={"rid": rid}, timeout=30)
+                    aborted = True
+    return chunks[-1], chunks
+
+
+def assert_reports_what_was_decoded(server, reply: dict) -> None:
+    """An aborted reply: finish type abort, completion_tokens == len(output_ids), those ids the start of the
+    request's greedy answer and the text theirs (what a request for exactly that many tokens returns), and the
+    request's focus_stats."""
+    meta, ids = reply["meta_info"], reply["output_ids"]
+    assert meta["finish_reason"]["type"] == "abort", meta["finish_reason"]
+    assert meta["completion_tokens"] == len(ids) >= 16, (meta["completion_tokens"], len(ids))
+    same_length = generate_ok(server, {**PROBE, "sampling_params": {**PROBE["sampling_params"],
+                                                                   "max_new_tokens": len(ids)}})
+    assert ids == same_length["output_ids"]
+    assert reply["text"] == same_length["text"], (reply["text"], same_length["text"])
+    stats = meta.get("focus_stats")
+    assert isinstance(stats, dict) and stats["forwards"] > 0 and stats["unmasked"] >= len(ids), stats
+
+
+def test_aborted_replies_report_every_token_decoded_for_fresh_and_reused_rids(server, fresh_probe):
+    """Non-streamed aborts (a fresh rid, then the same rid again) and a streamed abort each report the tokens
+    decoded before the abort; the stream's chunks agree with its last one. Stock SGLang answered a non-streamed
+    aborted dLLM request with the tokens delivered so far (one chunk per 50) and a reused rid with stray text
+    (patches/managers_scheduler.py)."""
+    rid = f"hardening-abort-report-{server.port}"
+    for _ in range(2):
+        assert_reports_what_was_decoded(server, abort_non_streamed_after_decoding(server, rid))
+    last, chunks = abort_streamed_after_decoding(server, rid)
+    assert_reports_what_was_decoded(server, last)
+    assert all(last["output_ids"][:len(c["output_ids"])] == c["output_ids"] for c in chunks)
+    assert_recovered(server, fresh_probe)
+
+
 def test_queued_requests_cancelled_by_rid_then_abort_all(server, fresh_probe):
     """16 requests fill the running batch, 8 more wait; the 8 are cancelled by rid, then abort_all stops the 16."""
     running = [f"hardening-run-{server.port}-{i}" for i in range(16)]
@@ -189,6 +253,49 @@ def test_logprob_requests_fail_with_400_naming_the_cause(server):
 def test_impossible_requests_get_400_with_a_message(server, payload, message):
     resp = server.generate(payload, timeout=60)
     assert resp.status_code == 400 and message in resp.text, resp.text
+    generate_ok(server, QUICK)
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "Sort 3 1 2."}], "max_tokens": 8}
+# Raw bodies a client might send: (route, body, what the 400 must say).
+MALFORMED_BODIES = {
+    "nan": ("/v1/chat/completions", json.dumps(CHAT)[:-1] + ', "temperature": NaN}', "not valid JSON at character"),
+    "infinity": ("/generate", '{"text": "hi", "sampling_params": {"max_new_tokens": Infinity}}', "NaN and Infinity"),
+    "truncated": ("/generate", '{"text": "hi",', "unexpected end of data"),
+    "wrong_types": ("/v1/chat/completions", '{"model": "m", "messages": "hi", "max_tokens": "many"}',
+                    "'messages': Input should be a valid list"),
+    "not_an_object": ("/generate", "[1, 2]", "Input should be a dictionary"),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED_BODIES)
+def test_malformed_bodies_get_400_naming_the_problem_without_internals(server, name):
+    route, body, message = MALFORMED_BODIES[name]
+    resp = requests.post(f"{server.base_url}{route}", data=body, headers={"content-type": "application/json"},
+                         timeout=30)
+    assert resp.status_code == 400 and message in resp.text, resp.text
+    assert not any(leak in resp.text for leak in ('File "', ".py", "Traceback", "site-packages")), resp.text
+    generate_ok(server, QUICK)
+
+
+@pytest.mark.parametrize("route, extra", [("/v1/chat/completions", {}),
+                                          ("/v1/completions", {"prompt": "Sort 3 1 2.", "messages": None})])
+def test_a_grammar_response_format_is_refused_by_the_name_the_client_used(server, route, extra):
+    body = {key: value for key, value in {**CHAT, **extra, "response_format": {"type": "json_object"}}.items()
+            if value is not None}
+    resp = requests.post(f"{server.base_url}{route}", json=body, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert "'response_format' of type 'json_object'" in resp.text and "json_schema" not in resp.text, resp.text
+
+
+@pytest.mark.parametrize("custom_params", ["focus", [{"focus": {}}], 7])
+def test_custom_params_that_is_not_an_object_is_refused_by_focus(server, custom_params, request):
+    """FOCUS reads `custom_params.focus`, so it refuses a custom_params it cannot read; stock ignores the field."""
+    resp = server.generate({**QUICK, "sampling_params": {**QUICK["sampling_params"], "custom_params": custom_params}})
+    if request.node.callspec.params["server"] == "focus":
+        assert resp.status_code == 400 and "'custom_params' must be an object" in resp.text, resp.text
+    else:
+        assert resp.status_code == 200, resp.text
     generate_ok(server, QUICK)
 
 
@@ -257,3 +364,32 @@ def test_focus_decodes_a_request_alone_as_inside_a_batch_of_16_different_prompts
                                                                                  focus_batch_of_16, index):
     alone = generate_ok(bundled_focus_server, chat_batch(PROBLEMS[index:index + 1]))[0]["output_ids"]
     assert alone == focus_batch_of_16[index]
+
+
+# Per request, cycling through the batch: opted out, server defaults, another alpha, eviction off (delayed cache on).
+MIXED_SETTINGS = [{"enabled": False}, {}, {"alpha": 3}, {"alpha": "inf"}]
+BLOCK = 16  # the bundled checkpoint's block size
+
+
+def mixed_batch(problems) -> dict:
+    """`chat_batch` with per-request FOCUS settings cycling through MIXED_SETTINGS."""
+    batch = chat_batch(problems)
+    batch["sampling_params"] = [{**batch["sampling_params"], "custom_params": {"focus": MIXED_SETTINGS[i % 4]}}
+                                for i in range(len(problems))]
+    return batch
+
+
+def test_opted_out_requests_decode_exactly_as_stock_in_a_mixed_batch(bundled_focus_server, bundled_stock_server):
+    """16 concurrent requests above the memory-bound guard, a quarter with `enabled: false`: each of those equals
+    its stock output token for token and itself decoded alone, processes its whole block every forward (no delayed
+    cache) and evicts nothing, while the others evict."""
+    focus = generate_ok(bundled_focus_server, mixed_batch(PROBLEMS))
+    stock = generate_ok(bundled_stock_server, chat_batch(PROBLEMS))
+    opted_out = range(0, len(PROBLEMS), 4)
+    for i in opted_out:
+        stats = focus[i]["meta_info"]["focus_stats"]
+        assert focus[i]["output_ids"] == stock[i]["output_ids"], f"request {i} differs from stock"
+        assert stats["evicted"] == 0 and stats["processed"] == BLOCK * stats["forwards"], (i, stats)
+    alone = generate_ok(bundled_focus_server, mixed_batch(PROBLEMS[:1]))[0]
+    assert alone["output_ids"] == focus[0]["output_ids"]
+    assert sum(focus[i]["meta_info"]["focus_stats"]["evicted"] for i in range(1, len(PROBLEMS), 4)) > 0

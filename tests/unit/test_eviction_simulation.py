@@ -115,3 +115,22 @@ def test_small_batches_run_like_stock_under_the_memory_bound_guard():
     assert focus.eviction is not None and focus.row_counts.tolist() == [BLOCK - 4] * 2
     assert guarded.eviction is None and guarded.processes_everything
     assert guarded.rows.tolist() == list(range(2 * BLOCK)) and guarded.window.tolist() == [BLOCK, BLOCK]
+
+
+def test_an_opted_out_request_runs_its_whole_block_and_is_never_a_candidate():
+    """Mid-block, beside a request that evicts: the opted-out one (enabled: false) processes every position, as
+    stock does, and contributes no candidate, so nothing of it is scored or evicted."""
+    states = [FocusReqState(uncached=[False] * 4 + [True] * (BLOCK - 4), steps=2, unmasked=4, decoding_steps=2)
+              for _ in range(2)]
+    masked = torch.ones(2, BLOCK, dtype=torch.bool)
+    masked[:, :4] = False
+    plan = plan_step(states, masked, torch.tensor([0, 0]), [1.5, math.inf], delayed_cache=True,
+                     device=torch.device("cpu"), as_stock=[False, True])
+    assert positions_of(plan) == [list(range(4, BLOCK)), list(range(BLOCK))]
+    assert plan.window.tolist() == [BLOCK, BLOCK]
+    inp = plan.eviction
+    assert inp is not None and inp.evict.tolist() == [True, False]
+    assert inp.cand_cu.tolist() == [0, BLOCK - 4, BLOCK - 4], "the opted-out request has no candidate"
+    assert (inp.row_req[inp.cand_rows_cpu] == 0).all()
+    keep = plan_retention(torch.arange(BLOCK - 4, 0, -1, dtype=torch.float32), inp)  # the leftmost score highest
+    assert keep.kept_counts.tolist() == [3, BLOCK]

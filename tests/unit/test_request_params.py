@@ -55,6 +55,20 @@ def test_focus_entry_must_be_an_object(focus):
         parse_request_params({"focus": focus})
 
 
+@pytest.mark.parametrize("custom_params, kind", [("focus", "a string"), ([{"focus": {}}], "an array"),
+                                                 (7, "a number"), (True, "a boolean")])
+def test_custom_params_must_be_an_object(custom_params, kind):
+    with pytest.raises(FocusConfigError, match=f"'custom_params' must be an object .*got {kind}"):
+        parse_request_params(custom_params)
+
+
+@pytest.mark.parametrize("focus, as_stock", [({}, False), ({"alpha": "inf"}, False), ({"enabled": True}, False),
+                                             ({"enabled": False}, True), ({"enabled": False, "alpha": "inf"}, True)])
+def test_only_enabled_false_decodes_as_stock(focus, as_stock):
+    """alpha inf alone keeps the delayed cache; enabled: false opts out of FOCUS altogether."""
+    assert parse_request_params({"focus": focus}).decodes_as_stock is as_stock
+
+
 @pytest.mark.parametrize("focus, server, resolved", [
     ({}, "block", "block"), ({}, "request", "request"), ({"budget_reset": "request"}, "block", "request"),
     ({"budget_reset": "block", "alpha": 2}, "request", "block"),
