@@ -20,6 +20,15 @@ def step_times_path() -> str | None:
     return os.environ.get("SGLANG_FOCUS_STEP_TIMES") or None
 
 
+CHECK_TP_KEEP_ENV = "SGLANG_FOCUS_CHECK_TP_KEEP"
+
+
+def check_tp_keep() -> bool:
+    """SGLANG_FOCUS_CHECK_TP_KEEP: under attention TP > 1, compare the ranks' keep sets after every selection and
+    raise RuntimeError when they differ (a debug check, off by default: one gather per evicting step)."""
+    return _flag(CHECK_TP_KEEP_ENV)
+
+
 def export(values: Mapping[str, str]) -> None:
     """Set `values` in this process's environment, which every process it starts afterwards inherits."""
     os.environ.update(values)

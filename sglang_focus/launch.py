@@ -18,6 +18,11 @@ from sglang_focus.config import ALGORITHM_NAME, FocusConfigError
 # recipes go through FlashInfer's dequantisation workspace, planned per batch, which FOCUS's row batches do not
 # prepare; mxfp8 needs the FA4 backend.
 SERVABLE_KV_CACHE_DTYPES = ("auto", "bf16", "bfloat16", "fp8_e4m3", "fp8_e5m2")
+# Parallel widths that give a rank only some of a batch's requests, tokens or layers (pipeline, data, attention-DP,
+# attention and decode context parallelism): FOCUS scores and evicts on every rank from the whole batch.
+SPLITTING_PARALLEL_SIZES = ("pp_size", "dp_size", "attn_dp_size", "attn_cp_size", "dcp_size")
+# Tensor-parallel options that scatter the rows entering attention over the attention-TP ranks.
+SCATTERING_FLAGS = ("enable_attn_tp_input_scattered", "enable_layernorm_sp")
 # The override that turns LLaDA2 block routing off (every token routed on its own), quoted in the refusal.
 PER_TOKEN_ROUTING_OVERRIDE = json.dumps({"expert_capacity": None})
 
@@ -70,11 +75,18 @@ def _fdfo(cfg, model: ModelFacts) -> str | None:
 
 
 def _parallelism(cfg, model: ModelFacts) -> str | None:
-    """Scores are per attention-TP rank, so TP, PP and DP stay at 1 (spec §12.3 is future work)."""
-    for name in ("tp_size", "pp_size", "dp_size"):
+    """Tensor parallelism is served: every attention-TP rank holds all of a batch's rows and some of the heads, and
+    FOCUS sums the importance over the ranks' heads so that they all keep the same rows (spec §12.3,
+    `forward.tensor_parallel`). Every layout that splits a batch's rows or layers over ranks stays at 1."""
+    for name in SPLITTING_PARALLEL_SIZES:
         value = getattr(cfg, name, 1) or 1
         if value > 1:
-            return f"FOCUS supports {name}=1 only (got {value})"
+            return (f"FOCUS supports {name}=1 only (got {value}): tensor parallelism is the only parallel layout "
+                    f"it serves")
+    for name in SCATTERING_FLAGS:
+        if getattr(cfg, name, False):
+            return (f"FOCUS does not support --{name.replace('_', '-')}: it scatters a batch's rows over the "
+                    f"attention-TP ranks, and FOCUS selects rows on every rank from all of them")
     return None
 
 

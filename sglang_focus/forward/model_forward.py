@@ -2,7 +2,8 @@
 
 Layer 0 runs on the processing rows and its masked-candidate q/k are scored; layer 1 projects q/k/v and writes
 KV for every processing row, scores again, and the rows that survive selection (with their residual) run
-layer-1 attention and MLP and every later layer, the final norm and the LM head.
+layer-1 attention and MLP and every later layer, the final norm and the LM head. Under attention TP > 1 the
+importances are summed over the ranks before the delta (`forward.tensor_parallel`), so every rank keeps the same rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sglang_focus.forward.attention import kv_write_scales, replan_attention
 from sglang_focus.forward.contract import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY, DecoderAdapter
 from sglang_focus.forward.retain import candidate_importance, plan_retention
 from sglang_focus.forward.sub_batch import rows_batch
+from sglang_focus.forward.tensor_parallel import all_heads_importance, attention_tp, check_keep_agreement
 from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import EvictionInput, RetainPlan
 
@@ -70,7 +72,7 @@ def _layer1_with_eviction(adapter, layer, positions, layer0: Scored, batch, inp)
     write_kv(attn.attn, batch, k, v)
     with STEP_TIMES.section("selection"):
         importance = candidate_importance(q, k, inp, **adapter.head_shape(attn))
-        plan = plan_retention(importance - layer0.importance, inp)
+        plan = _retention_on_every_rank(layer0.importance, importance, inp)
         kept_batch = _kept_rows_batch(batch, plan)
     rows = plan.kept_rows
     with forward_context(get_forward_context(), forward_batch=kept_batch):
@@ -79,6 +81,18 @@ def _layer1_with_eviction(adapter, layer, positions, layer0: Scored, batch, inp)
         hidden = adapter.mlp(layer, layer.ffn_boundary.prepare(hidden, kept_batch), kept_batch)
         hidden = layer.ffn_boundary.finish(hidden, kept_batch)
     return hidden, plan, kept_batch
+
+
+def _retention_on_every_rank(layer0: torch.Tensor, layer1: torch.Tensor, inp: EvictionInput) -> RetainPlan:
+    """Select from the delta of the importances over all attention heads: this rank's `layer0`/`layer1` [total_m]
+    summed over the attention-TP ranks (one all-reduce; none at TP = 1), so every rank derives the same plan, which
+    SGLANG_FOCUS_CHECK_TP_KEEP verifies."""
+    tp = attention_tp()
+    importance0, importance1 = all_heads_importance(layer0, layer1, tp)
+    plan = plan_retention(importance1 - importance0, inp)
+    if tp is not None and tp.check_keep:
+        check_keep_agreement(plan, inp, tp.group)
+    return plan
 
 
 def _kept_rows_batch(batch: ForwardBatch, plan: RetainPlan) -> ForwardBatch:

@@ -10,7 +10,10 @@ from sglang_focus.structs import EvictionInput, RetainPlan
 
 def candidate_importance(q: torch.Tensor, k: torch.Tensor, inp: EvictionInput, *, num_heads: int,
                          num_kv_heads: int, head_dim: int) -> torch.Tensor:
-    """fp32 importance [total_m] of the masked candidates from post-RoPE q [n, H·d] and k [n, H_kv·d]."""
+    """fp32 importance [total_m] of the masked candidates from post-RoPE q [n, H·d] and k [n, H_kv·d].
+
+    Under attention TP, `H`/`H_kv` are this rank's heads and the result is its part of the sum over heads;
+    `forward.tensor_parallel.all_heads_importance` adds the other ranks' parts."""
     q_c = q.view(-1, num_heads, head_dim).index_select(0, inp.cand_rows)
     k_c = k.view(-1, num_kv_heads, head_dim).index_select(0, inp.cand_rows)
     return kernels.importance(q_c, k_c, inp.cand_cu, sm_scale=head_dim ** -0.5, max_m=inp.max_m)

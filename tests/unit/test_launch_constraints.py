@@ -88,7 +88,10 @@ def cases(sdar, llada2_routed, tmp_path_factory) -> dict:
         "focus_fp8_kv_cache": ([str(sdar), *focus, "--kv-cache-dtype", "fp8_e4m3"], {}, "accepted"),
         "focus_per_token_routing": ([str(llada2_routed), *focus, "--json-model-override-args",
                                      PER_TOKEN_ROUTING_OVERRIDE], {}, "accepted"),
-        "tensor_parallel": ([str(sdar), *focus, "--tp-size", "2"], {}, refused("FOCUS supports tp_size=1 only")),
+        "focus_tensor_parallel": ([str(sdar), *focus, "--tp-size", "2"], {}, "accepted"),
+        "pipeline_parallel": ([str(sdar), *focus, "--tp-size", "2", "--pp-size", "2"], {},
+                              refused("FOCUS supports pp_size=1 only (got 2): tensor parallelism is the only")),
+        "data_parallel": ([str(sdar), *focus, "--dp-size", "2"], {}, refused("FOCUS supports dp_size=1 only (got 2)")),
         "block_routing": ([str(llada2_routed), *focus], {}, refused("FOCUS cannot serve LLaDA2 block routing")),
         "hybrid_attention": ([str(sdar), *focus, "--prefill-attention-backend", "torch_native",
                               "--decode-attention-backend", "flashinfer"], {}, refused("(a hybrid backend)")),
@@ -105,7 +108,8 @@ def cases(sdar, llada2_routed, tmp_path_factory) -> dict:
 # Through the Python API (what sgl.Engine resolves): refusals are exceptions the caller can catch.
 API_CASES = {"api_focus": {"dllm_algorithm": "Focus"},
              "api_sync_mode": {"dllm_algorithm": "Focus", "dllm_fdfo": False},
-             "api_tensor_parallel": {"dllm_algorithm": "Focus", "tp_size": 2}}
+             "api_tensor_parallel": {"dllm_algorithm": "Focus", "tp_size": 2},
+             "api_pipeline_parallel": {"dllm_algorithm": "Focus", "pp_size": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +150,9 @@ def test_launch_server_exits_at_validation_with_the_line_and_no_traceback(block_
 
 def test_the_python_api_raises_the_refusal(resolved):
     _, results = resolved
-    assert results["api_focus"]["accepted"], results["api_focus"]
-    for name, message in (("api_sync_mode", "FDFO mode only"), ("api_tensor_parallel", "tp_size=1 only")):
+    for name in ("api_focus", "api_tensor_parallel"):
+        assert results[name]["accepted"], results[name]
+    for name, message in (("api_sync_mode", "FDFO mode only"), ("api_pipeline_parallel", "pp_size=1 only")):
         assert results[name]["type"] == "FocusLaunchError" and message in results[name]["printed"], results[name]
 
 
@@ -182,3 +187,21 @@ def test_quantised_kv_caches_other_than_fp8_are_refused(dtype):
     assert first_refusal(cfg, model, paged_switch=None).startswith(f"FOCUS does not support --kv-cache-dtype {dtype}:")
     assert first_refusal(SimpleNamespace(**{**vars(cfg), "kv_cache_dtype": "fp8_e5m2"}), model,
                          paged_switch=True) is None
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"attn_dp_size": 2}, "FOCUS supports attn_dp_size=1 only (got 2)"),
+    ({"attn_cp_size": 2}, "FOCUS supports attn_cp_size=1 only (got 2)"),
+    ({"dcp_size": 2}, "FOCUS supports dcp_size=1 only (got 2)"),
+    ({"enable_attn_tp_input_scattered": True}, "FOCUS does not support --enable-attn-tp-input-scattered:"),
+    ({"enable_layernorm_sp": True}, "FOCUS does not support --enable-layernorm-sp:"),
+])
+def test_tensor_parallel_layouts_that_split_a_batchs_rows_over_ranks_are_refused(setting, message):
+    """Tensor parallelism is served, but not beside attention DP, context parallelism or row scattering (on a CPU
+    SGLang cannot resolve most of these, so the check is called directly)."""
+    cfg = SimpleNamespace(dllm_fdfo=True, tp_size=4, pp_size=1, dp_size=1, attention_backend="flashinfer",
+                          prefill_attention_backend=None, decode_attention_backend=None,
+                          enable_two_batch_overlap=False, kv_cache_dtype="auto")
+    model = ModelFacts(name="'M'", expert_capacity=None, kv_pool=None)
+    assert first_refusal(cfg, model, paged_switch=True) is None
+    assert first_refusal(SimpleNamespace(**{**vars(cfg), **setting}), model, paged_switch=True).startswith(message)
