@@ -35,13 +35,15 @@ def harness(tmp_path_factory) -> dict:
 def test_harness_writes_one_record_per_arm_at_the_same_threshold(harness):
     records = {r["arm"]: r for r in harness["records"]}
     assert list(records) == list(ARMS) == ["stock", "delayed", "focus"]
+    problems = tasks.generate("heldout", N, seed=harness["seed"], tasks=tasks.suite_of(BUNDLED))
+    assert [p.prompt for p in problems] == [a["prompt"] for a in harness["answers"]]
     for r in records.values():
         assert r["n"] == N and r["threshold"] == 0.8 and 0.0 <= r["accuracy"] <= 1.0
         assert r["accuracy"] == pytest.approx(r["correct"] / N)
         assert r["tokens_per_forward"] >= 1.0 and r["output_tokens_per_s"] > 0 and r["forwards_per_request"] >= 1.0
         assert r["speedup"] == pytest.approx(r["output_tokens_per_s"] / records["stock"]["output_tokens_per_s"])
-        expected = sum(tasks.normalize(a["expected"]) == a[r["arm"]] for a in harness["answers"])
-        assert r["correct"] == expected, "the record's score is the exact match of the listed answers"
+        expected = sum(tasks.is_correct(p, a[r["arm"]]) for p, a in zip(problems, harness["answers"], strict=True))
+        assert r["correct"] == expected, "the record's score is the checker's verdict on the listed answers"
     stock, delayed, focus = records["stock"], records["delayed"], records["focus"]
     assert stock["masked_kept_ratio"] == 1.0 and stock["evicted"] == 0, "stock never evicts"
     assert stock["rows_per_forward"] == 16.0 and stock["budget_reset"] is None
