@@ -28,8 +28,8 @@ import psutil
 import requests
 
 from sglang_focus.training import tasks
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "sdar-tasks"
 OUTPUT_LENGTHS = (8, 16, 32, 64, 128, 256)
 SHARED_TABLE_QUERIES = 4  # requests per shared lookup table
 REQUEST_TIMEOUT_S = 600.0
@@ -219,7 +219,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", help="an already running server (default: start one)")
     parser.add_argument("--server-pid", type=int, help="with --base-url: the server's PID, for the RSS report")
-    parser.add_argument("--model-path", default=str(BUNDLED_MODEL))
+    parser.add_argument("--model-path", default=str(EMBEDDED_DEFAULT))
     parser.add_argument("--arm", choices=("focus", "stock"), default="focus")
     parser.add_argument("--requests", type=int, default=512, help="requests per round")
     parser.add_argument("--concurrency", type=int, default=64)

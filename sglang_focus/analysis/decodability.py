@@ -33,6 +33,7 @@ from tqdm import tqdm
 from sglang_focus.analysis import selection
 from sglang_focus.kernels.reference import importance_reference
 from sglang_focus.training import tasks
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 from sglang_focus.training.tokenizer import EOS_TOKEN
 
 # The claim, the two single-layer ablations, and a positional baseline (leftmost candidate first).
@@ -228,7 +229,8 @@ def write_csv(rows: Sequence[TokenStep], path: Path) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", type=Path, required=True, help="a checkpoint trained on the task suite")
+    p.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT,
+                   help="a checkpoint trained on a task suite (default: the embedded default)")
     p.add_argument("--n", type=int, default=200, help="held-out problems to decode")
     p.add_argument("--seed", default="0", help="held-out sample seed")
     p.add_argument("--threshold", type=float, default=0.8, help="LowConfidence threshold τ")

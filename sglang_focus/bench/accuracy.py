@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from sglang_focus.bench import arms
 from sglang_focus.bench.local_server import LocalServer, ServerStartError
 from sglang_focus.training import tasks
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 
 MAX_NEW_TOKENS = 64  # the longest answer is 41 tokens; the dLLM decodes whole blocks of 16
 
@@ -112,7 +113,8 @@ def format_table(records: Sequence[dict], task_names: Sequence[str]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sglang_focus.bench.accuracy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", type=Path, required=True, help="a checkpoint trained on the task suite")
+    p.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT,
+                   help="a checkpoint trained on a task suite (default: the embedded default)")
     p.add_argument("--n", type=int, default=500, help="held-out problems (cycling through the tasks)")
     p.add_argument("--seed", default="0", help="held-out sample seed")
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")

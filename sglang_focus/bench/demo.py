@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sglang_focus.training import tasks
 from sglang_focus.bench.local_server import LocalServer, ServerStartError
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks"
 MAX_TOKENS = 64
 RIGHT, WRONG = "✓", "✗"
 DEMO_MIN_BATCH_TOKENS = 0  # evict at any batch size (see the module docstring)
@@ -67,7 +67,7 @@ def show(label: str, problem: tasks.Problem, answer: str, stats: dict) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sglang_focus.bench.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", type=Path, default=BUNDLED_MODEL)
+    parser.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT)
     parser.add_argument("--seed", default="demo", help="which held-out problems to ask")
     parser.add_argument("--log", type=Path, default=Path(".cache/demo-server.log"))
     args = parser.parse_args(argv)

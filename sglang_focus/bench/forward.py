@@ -49,8 +49,9 @@ from tqdm import tqdm
 
 from sglang_focus.bench.kernels import add_cpu_threads_flag, apply_cpu_threads, environment, import_kernels
 from sglang_focus.bench.kernels import int_list, markdown_table, median_ms, positive_int, resolve_device
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 
-BUNDLED_CONFIG = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks" / "config.json"
+BUNDLED_CONFIG = EMBEDDED_DEFAULT / "config.json"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -38,9 +38,9 @@ from sglang_focus.bench.forward import layer_bound
 from sglang_focus.bench.local_server import LocalServer, ServerStartError, cuda_available, start_side_by_side
 from sglang_focus.step_timing import read_snapshot, snapshot_difference
 from sglang_focus.training import tasks
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 
 STEP_TIMES_ENV = "SGLANG_FOCUS_STEP_TIMES"
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "sdar-tasks"
 
 
 class Workload(NamedTuple):
@@ -226,7 +226,7 @@ def save_plot(records: Sequence[dict], gains: Sequence[dict], path: Path, title:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sglang_focus.bench.throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT)
     p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated concurrent request counts")
     p.add_argument("--prompts", type=Path, default=None, help="one prompt per line (default: held-out task problems)")
     p.add_argument("--max-new-tokens", type=int, default=64)

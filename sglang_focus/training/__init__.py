@@ -4,4 +4,6 @@
 - ``tokenizer``: the small byte-level BPE tokenizer with its chat template and mask token.
 - ``train``: trains the bundled SDAR checkpoint; also its plain-PyTorch block-diffusion decoder.
 - ``tiny_models``: tiny random-weight SDAR and LLaDA2 checkpoints for the tests.
+- ``checkpoints``: the checkpoints shipped in ``models/`` and the embedded default the tools use.
+- ``loss_breakdown``: a checkpoint's held-out masked cross-entropy per task and token kind.
 """

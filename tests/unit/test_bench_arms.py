@@ -36,3 +36,22 @@ def test_bench_accuracy_starts_every_arm_on_the_paged_path(tmp_path):
         server = accuracy.arm_server(arm, args, tmp_path)
         assert server.extra_env == attention_path_env(), (arm, server.extra_env)
         assert server.process is None and server.log_path == tmp_path / f"server-{arm}.log"
+
+
+def test_the_tools_default_to_the_one_embedded_checkpoint():
+    """One constant decides which shipped checkpoint the tools use (`training.checkpoints.EMBEDDED_DEFAULT`)."""
+    import importlib.util
+    from pathlib import Path
+
+    from sglang_focus.analysis import decodability
+    from sglang_focus.bench import forward
+    from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
+
+    spec = importlib.util.spec_from_file_location("load_test", Path(__file__).parents[2] / "examples" / "load_test.py")
+    load_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_test)
+    assert (EMBEDDED_DEFAULT / "config.json").is_file()
+    assert throughput.parse_args([]).model_path == accuracy.parse_args([]).model_path == EMBEDDED_DEFAULT
+    assert decodability.parse_args([]).model_path == EMBEDDED_DEFAULT
+    assert Path(load_test.parse_args([]).model_path) == EMBEDDED_DEFAULT
+    assert forward.BUNDLED_CONFIG == EMBEDDED_DEFAULT / "config.json"
