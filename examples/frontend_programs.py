@@ -17,6 +17,7 @@ from typing import Sequence
 
 import sglang as sgl
 
+from sglang_focus.bench.frontend import programs_collected_safely
 from sglang_focus.training import tasks
 
 MAX_TOKENS = 64
@@ -66,8 +67,9 @@ def run_program(program, endpoint: sgl.RuntimeEndpoint, **arguments):
     SGLang's frontend runs programs on a worker thread and only records a failure (`state.error()`), leaving the
     failed variable unset, so a caller would otherwise see a KeyError instead of the server's message.
     """
-    state = program.run(backend=endpoint, **arguments)
-    error = state.error()
+    with programs_collected_safely():  # SGLang's frontend threads can deadlock in the garbage collector otherwise
+        state = program.run(backend=endpoint, **arguments)
+        error = state.error()
     if error is not None:
         raise ProgramError(f"{program.func.__name__} failed: {server_message(error)}") from error
     return state

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from sglang_focus.training import tasks
+from sglang_focus.bench.frontend import programs_collected_safely
 from sglang_focus.bench.local_server import LocalServer, ServerStartError
 from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 
@@ -35,8 +36,9 @@ def solve_with_frontend_program(base_url: str, problems: list[tasks.Problem]) ->
         s += tasks.chat_prompt(prompt)  # the model's own chat template, as in training
         s += sgl.gen("answer", max_tokens=MAX_TOKENS)
 
-    states = solve.run_batch([{"prompt": p.prompt} for p in problems], backend=sgl.RuntimeEndpoint(base_url))
-    return [(state["answer"], _stats(state.get_meta_info("answer"))) for state in states]
+    with programs_collected_safely():
+        states = solve.run_batch([{"prompt": p.prompt} for p in problems], backend=sgl.RuntimeEndpoint(base_url))
+        return [(state["answer"], _stats(state.get_meta_info("answer"))) for state in states]
 
 
 def solve_with_openai_chat(base_url: str, problem: tasks.Problem) -> tuple[str, dict]:

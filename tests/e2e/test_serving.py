@@ -75,6 +75,8 @@ def test_streaming_concatenates_to_the_full_answer(focus_server):
 def test_frontend_program_with_sgl_gen(focus_server):
     import sglang as sgl
 
+    from sglang_focus.bench.frontend import programs_collected_safely
+
     focus = focus_server
 
     @sgl.function
@@ -83,6 +85,7 @@ def test_frontend_program_with_sgl_gen(focus_server):
         s += sgl.assistant(sgl.gen("answer", max_tokens=24))
 
     backend = sgl.RuntimeEndpoint(focus.base_url)
-    state = qa.run(question="What is the capital of France?", backend=backend)
+    with programs_collected_safely():
+        state = qa.run(question="What is the capital of France?", backend=backend)
     assert isinstance(state["answer"], str)
     assert state.get_meta_info("answer")["completion_tokens"] > 0
