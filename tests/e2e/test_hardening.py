@@ -380,16 +380,32 @@ def mixed_batch(problems) -> dict:
 
 
 def test_opted_out_requests_decode_exactly_as_stock_in_a_mixed_batch(bundled_focus_server, bundled_stock_server):
-    """16 concurrent requests above the memory-bound guard, a quarter with `enabled: false`: each of those equals
-    its stock output token for token and itself decoded alone, processes its whole block every forward (no delayed
-    cache) and evicts nothing, while the others evict."""
+    """16 concurrent requests above the memory-bound guard, a quarter with `enabled: false`: each of those
+    processes its whole block every forward (no delayed cache) and evicts nothing, while the others evict; it equals
+    itself decoded alone, and its stock output token for token wherever stock's own output does not depend on the
+    batch (on CPU the float path of a row can change with the batch's row count, which flips near-ties: measured,
+    stock alone vs in this batch differ on some prompts depending on what the server cached before).
+
+    Both radix caches are flushed first: an opted-out request reuses cached prefix KV like any other, and KV that
+    FOCUS wrote for an earlier request (the delayed cache freezes decoded tokens' KV) is not what stock computes,
+    so with this module's earlier requests cached the first opted-out prompt decodes differently (measured: token
+    12). README "Per request" states this limit."""
+    for server in (bundled_focus_server, bundled_stock_server):
+        load = load_test.wait_until_idle(server.base_url, timeout=60)
+        assert load.running == load.waiting == 0, load
+        assert requests.post(f"{server.base_url}/flush_cache", timeout=30).status_code == 200
     focus = generate_ok(bundled_focus_server, mixed_batch(PROBLEMS))
     stock = generate_ok(bundled_stock_server, chat_batch(PROBLEMS))
     opted_out = range(0, len(PROBLEMS), 4)
+    stock_alone = {i: generate_ok(bundled_stock_server, chat_batch(PROBLEMS[i:i + 1]))[0]["output_ids"]
+                   for i in opted_out}
+    comparable = [i for i in opted_out if stock_alone[i] == stock[i]["output_ids"]]
+    assert comparable, "stock decodes every opted-out prompt differently alone and in the batch"
     for i in opted_out:
         stats = focus[i]["meta_info"]["focus_stats"]
-        assert focus[i]["output_ids"] == stock[i]["output_ids"], f"request {i} differs from stock"
         assert stats["evicted"] == 0 and stats["processed"] == BLOCK * stats["forwards"], (i, stats)
+    for i in comparable:
+        assert focus[i]["output_ids"] == stock[i]["output_ids"], f"request {i} differs from stock"
     alone = generate_ok(bundled_focus_server, mixed_batch(PROBLEMS[:1]))[0]
     assert alone["output_ids"] == focus[0]["output_ids"]
     assert sum(focus[i]["meta_info"]["focus_stats"]["evicted"] for i in range(1, len(PROBLEMS), 4)) > 0
