@@ -29,14 +29,11 @@ from tokenizers import Tokenizer
 from sglang_focus.bench import arms
 from sglang_focus.bench.local_server import LocalServer, ServerStartError
 from sglang_focus.training import tasks
-from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT, block_size_of
 
-MAX_NEW_TOKENS = 64  # the longest answer is 41 tokens; the dLLM decodes whole blocks of 16
-
-
-def problem_payload(tokenizer: Tokenizer, problem: tasks.Problem) -> dict:
+def problem_payload(tokenizer: Tokenizer, problem: tasks.Problem, max_new_tokens: int) -> dict:
     prompt_ids, _ = tasks.encode_problem(tokenizer, problem)
-    return {"input_ids": prompt_ids, "sampling_params": {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0}}
+    return {"input_ids": prompt_ids, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0}}
 
 
 def completion_text(tokenizer: Tokenizer, reply: dict) -> str:
@@ -138,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.log_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json"))
     problems = tasks.generate("heldout", args.n, seed=args.seed, tasks=tasks.suite_of(args.model_path))
-    payloads = [problem_payload(tokenizer, p) for p in problems]
+    max_new_tokens = tasks.answer_token_budget(tokenizer, problems, block_size_of(args.model_path))
+    payloads = [problem_payload(tokenizer, p, max_new_tokens) for p in problems]
     cfg_dir, records, completions = arms.config_dir(), [], {}
     for arm in args.arms:
         try:
@@ -149,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         records.append(score_arm(arm, problems, completions[arm], replies, seconds=seconds, args=args))
     agreement = add_comparisons(records, completions)
     result = {"model": args.model_path.name, "seed": args.seed, "arms": args.arms, "threshold": args.threshold,
-              "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": MAX_NEW_TOKENS,
+              "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": max_new_tokens,
               "max_running": args.max_running, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"),
               "records": records, "agreement": agreement, "hardware": arms.hardware()}
     result["answers"] = [{"task": p.task, "prompt": p.prompt, "expected": p.answer,

@@ -2,7 +2,7 @@
 size, in one run.
 
     python -m sglang_focus.bench.throughput [--model-path models/sdar-tasks] [--batch-sizes 1,8,32,64]
-        [--prompts FILE] [--max-new-tokens 64] [--repeats 3] [--arms stock delayed focus]
+        [--prompts FILE] [--max-new-tokens N] [--repeats 3] [--arms stock delayed focus]
         [--budget-reset block|request] [--out DIR]
 
 The arms (`sglang_focus.bench.arms`: stock, delayed = FOCUS with eviction off, focus) are served at once by
@@ -38,9 +38,10 @@ from sglang_focus.bench.forward import layer_bound
 from sglang_focus.bench.local_server import LocalServer, ServerStartError, cuda_available, start_side_by_side
 from sglang_focus.step_timing import read_snapshot, snapshot_difference
 from sglang_focus.training import tasks
-from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT, block_size_of
 
 STEP_TIMES_ENV = "SGLANG_FOCUS_STEP_TIMES"
+FILE_PROMPTS_MAX_NEW_TOKENS = 64  # --prompts without --max-new-tokens
 
 
 class Workload(NamedTuple):
@@ -54,16 +55,18 @@ class Round(NamedTuple):
     step_times: dict | None  # scheduler step timings accumulated during the round (sglang_focus.step_timing)
 
 
-def task_workload(model_path: Path, n: int, max_new_tokens: int) -> Workload:
+def task_workload(model_path: Path, n: int, max_new_tokens: int | None) -> Workload:
+    """`n` held-out problems of the checkpoint's suite; `max_new_tokens` None: whole blocks enough for the longest
+    answer among them (`tasks.answer_token_budget`)."""
     tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
     problems = tasks.generate("heldout", n, seed="throughput", tasks=tasks.suite_of(model_path))
-    payloads = [problem_payload(tokenizer, p) for p in problems]
-    for payload in payloads:
-        payload["sampling_params"]["max_new_tokens"] = max_new_tokens
-    return Workload(payloads, problems)
+    if max_new_tokens is None:
+        max_new_tokens = tasks.answer_token_budget(tokenizer, problems, block_size_of(model_path))
+    return Workload([problem_payload(tokenizer, p, max_new_tokens) for p in problems], problems)
 
 
-def file_workload(path: Path, n: int, max_new_tokens: int) -> Workload:
+def file_workload(path: Path, n: int, max_new_tokens: int | None) -> Workload:
+    max_new_tokens = FILE_PROMPTS_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if not lines:
         raise SystemExit(f"bench.throughput: error: --prompts {path} holds no prompt")
@@ -229,7 +232,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT)
     p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated concurrent request counts")
     p.add_argument("--prompts", type=Path, default=None, help="one prompt per line (default: held-out task problems)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: whole blocks enough for the longest answer of the held-out problems asked "
+                        f"(with --prompts: {FILE_PROMPTS_MAX_NEW_TOKENS})")
     p.add_argument("--repeats", type=int, default=3, help="counted rounds per batch size and arm")
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
@@ -247,7 +252,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
     if not args.batch_sizes or args.batch_sizes[0] < 1:
         p.error("--batch-sizes must list positive integers")
-    if args.repeats < 1 or args.max_new_tokens < 1:
+    if args.repeats < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         p.error("--repeats and --max-new-tokens must be at least 1")
     if not (args.model_path / "config.json").exists():
         p.error(f"--model-path {args.model_path}: no config.json")
@@ -257,12 +262,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def start_servers(args: argparse.Namespace) -> dict[str, LocalServer]:
-    """One server per chosen arm, in report order, started side by side; exits with one line (every server
-    stopped) if one fails to start."""
+def start_servers(args: argparse.Namespace, max_new_tokens: int) -> dict[str, LocalServer]:
+    """One server per chosen arm, in report order, started side by side, with a KV pool for the largest batch at
+    `max_new_tokens`; exits with one line (every server stopped) if one fails to start."""
     cfg_dir, largest = arms.config_dir(), max(args.batch_sizes)
     timed = args.step_times if args.step_times is not None else not cuda_available()
-    pool = str(max(8192, 2 * largest * (256 + args.max_new_tokens)))
+    pool = str(max(8192, 2 * largest * (256 + max_new_tokens)))
     servers = {}
     for arm in args.arms:
         server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
@@ -289,9 +294,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     is_tasks = args.prompts is None
     workload = (task_workload(args.model_path, largest, args.max_new_tokens) if is_tasks
                 else file_workload(args.prompts, largest, args.max_new_tokens))
+    args.max_new_tokens = workload.payloads[0]["sampling_params"]["max_new_tokens"]
     tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json")) if is_tasks else None
     num_layers = json.loads((args.model_path / "config.json").read_text())["num_hidden_layers"]
-    servers = start_servers(args)
+    servers = start_servers(args, args.max_new_tokens)
     try:
         records = measure(servers, workload, args.batch_sizes, args.repeats, tokenizer, args)
     except arms.BenchRequestError as err:

@@ -5,6 +5,7 @@ Imports nothing but the standard library (the benchmarks run from an uninstalled
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -12,3 +13,8 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 # examples/load_test.py serve or decode unless given --model-path, and whose shape bench.forward's "bundled"
 # preset times. Its successor in training is MODELS_DIR / "sdar-tasks-b32" (see its model card).
 EMBEDDED_DEFAULT = MODELS_DIR / "sdar-tasks"
+
+
+def block_size_of(model_dir: Path) -> int:
+    """The denoising block size the checkpoint in `model_dir` was trained with (`block_size` in config.json)."""
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["block_size"])

@@ -389,3 +389,10 @@ def encode_problem(tokenizer: Tokenizer, problem: Problem, answer: str | None = 
     prompt = tokenizer.encode(chat_prompt(problem.prompt)).ids
     text = problem.answer if answer is None else answer
     return prompt, tokenizer.encode(text).ids + [tokenizer.token_to_id(EOS_TOKEN)]
+
+
+def answer_token_budget(tokenizer: Tokenizer, problems: Sequence[Problem], block_size: int) -> int:
+    """`max_new_tokens` that fits the longest canonical answer of `problems` and its `<|im_end|>`, rounded up to
+    whole blocks of `block_size` (a dLLM decodes whole blocks; every valid order of an answer has its length)."""
+    longest = max(len(encode_problem(tokenizer, problem)[1]) for problem in problems)
+    return -(-longest // block_size) * block_size

@@ -63,7 +63,8 @@ def test_stock_arm_answers_are_the_reference_decoders(harness):
     for entry, problem in zip(harness["answers"], tasks.generate("heldout", N, seed="0", tasks=tasks.suite_of(BUNDLED))):
         assert entry["prompt"] == problem.prompt
         prompt, _ = tasks.encode_problem(tokenizer, problem)
-        ids = block_diffusion_generate(model, prompt, threshold=0.8, max_new_tokens=64, eos_id=eos).ids
+        ids = block_diffusion_generate(model, prompt, threshold=0.8, max_new_tokens=harness["max_new_tokens"],
+                                       eos_id=eos).ids
         assert tasks.extract_answer(tokenizer.decode(ids, skip_special_tokens=False)) == entry["stock"]
 
 

@@ -23,7 +23,7 @@ def test_bench_throughput_starts_every_arm_on_the_paged_path(tmp_path, monkeypat
     monkeypatch.setattr(throughput, "start_side_by_side", lambda servers: None)
     args = throughput.parse_args(["--model-path", BUNDLED, "--batch-sizes", "1,4", "--log-dir", str(tmp_path),
                                   "--step-times"])
-    servers = throughput.start_servers(args)
+    servers = throughput.start_servers(args, max_new_tokens=64)
     assert list(servers) == list(arms.ARMS)
     for arm, server in servers.items():
         assert server.extra_env[FLASHINFER_PAGED_ENV] == "1", (arm, server.extra_env)

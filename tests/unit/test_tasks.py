@@ -209,3 +209,13 @@ def test_checker_ignores_text_after_the_end_marker(problem):
 def test_checker_normalises_whitespace(problem):
     assert tasks.is_correct(problem, "  Sorted:\n7   19\t42. <|im_end|>")
     assert not tasks.is_correct(problem, "Sorted: 71 9 42.")
+
+
+def test_answer_budget_fits_every_valid_answer_in_whole_blocks(suite, tokenizer):
+    """The benchmarks' max_new_tokens: no valid answer (any order) and its end marker is cut, and no block is spare."""
+    problems = tasks.generate("heldout", 100, seed="budget", tasks=tasks.SUITES[suite])
+    block = BLOCKS[suite]
+    budget = tasks.answer_token_budget(tokenizer, problems, block)
+    lengths = [len(tasks.encode_problem(tokenizer, p, answer)[1])
+               for p in problems for answer in tasks.valid_answers(p)[:24]]
+    assert budget % block == 0 and max(lengths) <= budget < max(lengths) + block
