@@ -178,18 +178,20 @@ MANIFEST: tuple[Patch, ...] = (
                 "running-batch abort path does).",
     ),
     Patch(
-        module="entrypoints_openai_serving_chat", hook="refuse_grammar_response_formats",
+        module="entrypoints_openai_serving_chat", hook="refuse_grammar_constrained_output",
         target="sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request",
         kind="AROUND", scope="dllm",
-        why="A `response_format` of json_object, json_schema or structural_tag becomes a grammar field before "
-            "admission, which then refuses it under that field's name (json_object is reported as "
-            "'json_schema'), not what the client sent.",
+        why="A `response_format` of json_object, json_schema or structural_tag, and a forced tool call "
+            "(`tool_choice` 'required' or a named function), become grammar fields before admission, which then "
+            "refuses them under that field's name (json_object and forced calls are reported as 'json_schema'), "
+            "not what the client sent.",
         how="After SGLang's own checks, on a dLLM server, returns a 400 message naming 'response_format' and its "
-            "type (`request_params.response_format_error`). Other servers and other requests are unchanged.",
+            "type, or 'tool_choice' (`request_params.constrained_output_error`). Other servers and other "
+            "requests are unchanged.",
         removal="Upstream refusing grammar-constrained output for dLLM algorithms in the OpenAI layer.",
     ),
     Patch(
-        module="entrypoints_openai_serving_completions", hook="refuse_grammar_response_formats",
+        module="entrypoints_openai_serving_completions", hook="refuse_grammar_constrained_output",
         target="sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request",
         kind="AROUND", scope="dllm",
         why="As for chat completions: /v1/completions turns a grammar `response_format` into `json_schema` too.",

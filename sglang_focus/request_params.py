@@ -165,18 +165,35 @@ def dllm_request_error(req, vocab_size: Optional[int] = None) -> Optional[str]:
     return None
 
 
-def response_format_error(request, algorithm: Optional[str]) -> Optional[str]:
+def constrained_output_error(request, algorithm: Optional[str]) -> Optional[str]:
     """For an OpenAI chat or completion request to a server running the dLLM `algorithm` (None: not a dLLM
-    server, always None): an error naming a `response_format` that needs a grammar (json_object, json_schema,
-    structural_tag), or None.
+    server, always None): an error naming what asks for grammar-constrained output as the client sent it, or None.
 
-    SGLang turns such a format into a grammar field (json_object becomes `json_schema`), which admission would
-    then refuse under that field's name, not the one the client sent."""
-    kind = getattr(getattr(request, "response_format", None), "type", None)
-    if algorithm is None or kind in (None, "text"):
+    Two things become grammar fields before admission, which would then refuse them under the field's name
+    (`json_schema`, `structural_tag`), not the one the client used: a `response_format` of type json_object,
+    json_schema or structural_tag, and a forced tool call (`tool_choice` "required" or a named function; "auto"
+    and "none" constrain nothing)."""
+    if algorithm is None:
         return None
     decoding = "FOCUS block-diffusion" if algorithm == ALGORITHM_NAME else "Block-diffusion (dLLM)"
-    return f"{decoding} decoding does not support 'response_format' of type {kind!r}: {UNSUPPORTED_REASON}"
+    kind = getattr(getattr(request, "response_format", None), "type", None)
+    if kind not in (None, "text"):
+        return f"{decoding} decoding does not support 'response_format' of type {kind!r}: {UNSUPPORTED_REASON}"
+    forced = _forced_tool_choice(getattr(request, "tool_choice", None))
+    if forced is not None:
+        return (f"{decoding} decoding does not support forced tool calls ('tool_choice' {forced}): "
+                f"{UNSUPPORTED_REASON}; use 'tool_choice' 'auto'")
+    return None
+
+
+def _forced_tool_choice(choice) -> Optional[str]:
+    """How a `tool_choice` that forces a call reads in a message ('required', or function 'name'), else None."""
+    if choice == "required":
+        return "'required'"
+    if choice is None or isinstance(choice, str):
+        return None
+    name = getattr(getattr(choice, "function", None), "name", None)
+    return f"function {name!r}" if name else repr(choice)
 
 
 def validation_message(errors: Sequence[Mapping[str, Any]], limit: int = 500) -> str:

@@ -288,6 +288,26 @@ def test_a_grammar_response_format_is_refused_by_the_name_the_client_used(server
     assert "'response_format' of type 'json_object'" in resp.text and "json_schema" not in resp.text, resp.text
 
 
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                                  "parameters": {"type": "object",
+                                                                 "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize("tool_choice, shown", [("required", "'required'"),
+                                                ({"type": "function", "function": {"name": "get_weather"}},
+                                                 "function 'get_weather'")])
+def test_a_forced_tool_call_is_refused_by_the_name_the_client_used(server, tool_choice, shown):
+    """SGLang turns a forced call into a json_schema grammar; the refusal names 'tool_choice' instead. 'auto'
+    constrains nothing and is answered."""
+    body = {**CHAT, "tools": [WEATHER_TOOL]}
+    resp = requests.post(f"{server.base_url}/v1/chat/completions", json={**body, "tool_choice": tool_choice},
+                         timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert f"forced tool calls ('tool_choice' {shown})" in resp.text and "json_schema" not in resp.text, resp.text
+    auto = requests.post(f"{server.base_url}/v1/chat/completions", json={**body, "tool_choice": "auto"}, timeout=60)
+    assert auto.status_code == 200, auto.text
+
+
 @pytest.mark.parametrize("custom_params", ["focus", [{"focus": {}}], 7])
 def test_custom_params_that_is_not_an_object_is_refused_by_focus(server, custom_params, request):
     """FOCUS reads `custom_params.focus`, so it refuses a custom_params it cannot read; stock ignores the field."""

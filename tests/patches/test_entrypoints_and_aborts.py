@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from sglang_focus.patches.entrypoints_http_server import clean_validation_errors
-from sglang_focus.patches.entrypoints_openai_serving_chat import refuse_grammar_response_formats as chat_hook
-from sglang_focus.patches.entrypoints_openai_serving_completions import refuse_grammar_response_formats
+from sglang_focus.patches.entrypoints_openai_serving_chat import refuse_grammar_constrained_output as chat_hook
+from sglang_focus.patches.entrypoints_openai_serving_completions import refuse_grammar_constrained_output
 from sglang_focus.patches.managers_scheduler import finish_aborted_dllm_requests
 from sglang_focus.request_params import validation_message
 
@@ -77,7 +77,7 @@ def fake_serving(algorithm):
     return SimpleNamespace(tokenizer_manager=SimpleNamespace(server_args=SimpleNamespace(dllm_algorithm=algorithm)))
 
 
-@pytest.mark.parametrize("hook", [chat_hook, refuse_grammar_response_formats])
+@pytest.mark.parametrize("hook", [chat_hook, refuse_grammar_constrained_output])
 @pytest.mark.parametrize("kind", ["json_object", "json_schema", "structural_tag"])
 def test_grammar_response_formats_are_refused_by_their_name_on_dllm_servers(hook, kind):
     request = SimpleNamespace(response_format=SimpleNamespace(type=kind))
@@ -91,9 +91,23 @@ def test_grammar_response_formats_are_refused_by_their_name_on_dllm_servers(hook
 
 
 @pytest.mark.parametrize("response_format", [None, SimpleNamespace(type="text")])
-def test_plain_text_formats_pass(response_format):
-    request = SimpleNamespace(response_format=response_format)
-    assert refuse_grammar_response_formats(lambda s, r: None, fake_serving("Focus"), request) is None
+@pytest.mark.parametrize("tool_choice", [None, "auto", "none"])
+def test_plain_text_formats_and_unforced_tool_choices_pass(response_format, tool_choice):
+    request = SimpleNamespace(response_format=response_format, tool_choice=tool_choice)
+    assert refuse_grammar_constrained_output(lambda s, r: None, fake_serving("Focus"), request) is None
+
+
+@pytest.mark.parametrize("hook", [chat_hook, refuse_grammar_constrained_output])
+@pytest.mark.parametrize("tool_choice, shown", [
+    ("required", "'required'"),
+    (SimpleNamespace(type="function", function=SimpleNamespace(name="get_weather")), "function 'get_weather'"),
+])
+def test_forced_tool_calls_are_refused_by_their_name_on_dllm_servers(hook, tool_choice, shown):
+    request = SimpleNamespace(response_format=None, tool_choice=tool_choice)
+    accept = lambda serving, request: None  # noqa: E731
+    message = hook(accept, fake_serving("LowConfidence"), request)
+    assert message.startswith("Block-diffusion (dLLM)") and f"forced tool calls ('tool_choice' {shown})" in message
+    assert hook(accept, fake_serving(None), request) is None, "autoregressive servers are untouched"
 
 
 @pytest.mark.parametrize("errors, expected", [
