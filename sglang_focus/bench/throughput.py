@@ -47,6 +47,7 @@ FILE_PROMPTS_MAX_NEW_TOKENS = 64  # --prompts without --max-new-tokens
 class Workload(NamedTuple):
     payloads: list[dict]  # one /generate body per request of the largest batch
     problems: list[tasks.Problem] | None  # the task problems behind the payloads, when known
+    max_new_tokens: int  # what every payload asks for
 
 
 class Round(NamedTuple):
@@ -62,7 +63,7 @@ def task_workload(model_path: Path, n: int, max_new_tokens: int | None) -> Workl
     problems = tasks.generate("heldout", n, seed="throughput", tasks=tasks.suite_of(model_path))
     if max_new_tokens is None:
         max_new_tokens = tasks.answer_token_budget(tokenizer, problems, block_size_of(model_path))
-    return Workload([problem_payload(tokenizer, p, max_new_tokens) for p in problems], problems)
+    return Workload([problem_payload(tokenizer, p, max_new_tokens) for p in problems], problems, max_new_tokens)
 
 
 def file_workload(path: Path, n: int, max_new_tokens: int | None) -> Workload:
@@ -72,7 +73,7 @@ def file_workload(path: Path, n: int, max_new_tokens: int | None) -> Workload:
         raise SystemExit(f"bench.throughput: error: --prompts {path} holds no prompt")
     prompts = [lines[i % len(lines)] for i in range(n)]
     return Workload([{"text": p, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0}}
-                     for p in prompts], None)
+                     for p in prompts], None, max_new_tokens)
 
 
 def run_round(server: LocalServer, payloads: Sequence[dict]) -> Round:
@@ -294,10 +295,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     is_tasks = args.prompts is None
     workload = (task_workload(args.model_path, largest, args.max_new_tokens) if is_tasks
                 else file_workload(args.prompts, largest, args.max_new_tokens))
-    args.max_new_tokens = workload.payloads[0]["sampling_params"]["max_new_tokens"]
     tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json")) if is_tasks else None
     num_layers = json.loads((args.model_path / "config.json").read_text())["num_hidden_layers"]
-    servers = start_servers(args, args.max_new_tokens)
+    servers = start_servers(args, workload.max_new_tokens)
     try:
         records = measure(servers, workload, args.batch_sizes, args.repeats, tokenizer, args)
     except arms.BenchRequestError as err:
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             server.stop()
     gains = speedups(records, num_layers)
     result = {"model": args.model_path.name, "num_layers": num_layers, "arms": args.arms, "threshold": args.threshold,
-              "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": args.max_new_tokens,
+              "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": workload.max_new_tokens,
               "repeats": args.repeats, "dtype": args.dtype,
               "prompts": str(args.prompts) if args.prompts else "heldout task problems",
               "date": time.strftime("%Y-%m-%d"), "records": records, "speedups": gains, "hardware": arms.hardware()}

@@ -3,10 +3,14 @@ switch every FOCUS server exports at its launch (servers built, not started)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from tokenizers import Tokenizer
 
 from sglang_focus.bench import accuracy, arms, throughput
 from sglang_focus.compat import FLASHINFER_PAGED_ENV, attention_path_env
+from sglang_focus.training import tasks
 
 BUNDLED = "models/sdar-tasks"
 
@@ -41,7 +45,6 @@ def test_bench_accuracy_starts_every_arm_on_the_paged_path(tmp_path):
 def test_the_tools_default_to_the_one_embedded_checkpoint():
     """One constant decides which shipped checkpoint the tools use (`training.checkpoints.EMBEDDED_DEFAULT`)."""
     import importlib.util
-    from pathlib import Path
 
     from sglang_focus.analysis import decodability
     from sglang_focus.bench import forward
@@ -55,3 +58,14 @@ def test_the_tools_default_to_the_one_embedded_checkpoint():
     assert decodability.parse_args([]).model_path == EMBEDDED_DEFAULT
     assert Path(load_test.parse_args([]).model_path) == EMBEDDED_DEFAULT
     assert forward.BUNDLED_CONFIG == EMBEDDED_DEFAULT / "config.json"
+
+
+@pytest.mark.parametrize("model, block", [("models/sdar-tasks", 16), ("models/sdar-tasks-b32", 32)])
+def test_task_workloads_ask_for_whole_blocks_fitting_the_longest_answer(model, block):
+    """Without --max-new-tokens every payload asks for the checkpoint's answer budget; given, exactly that."""
+    workload = throughput.task_workload(Path(model), 20, None)
+    tokenizer = Tokenizer.from_file(f"{model}/tokenizer.json")
+    longest = max(len(tasks.encode_problem(tokenizer, p)[1]) for p in workload.problems)
+    assert workload.max_new_tokens % block == 0 and longest <= workload.max_new_tokens < longest + block
+    assert {p["sampling_params"]["max_new_tokens"] for p in workload.payloads} == {workload.max_new_tokens}
+    assert throughput.task_workload(Path(model), 4, 40).max_new_tokens == 40
