@@ -14,6 +14,13 @@ Copy-like content (names, values from the prompt) sits inside every answer, as i
 * `sort`: sort 5-7 distinct two-digit numbers; each number is the smallest one above the previous.
 * `pick`: name every item of two given colours, each group in any order (all orders are accepted).
 * `story`: tell four people's facts as sentences, in any order (all orders are accepted).
+* `invent` (tasks-v3): invent a city and a job for each named person, all cities and all jobs different.
+* `pack` (tasks-v3): list 3-5 different items for a person, each with any colour but a forbidden one.
+
+The two tasks-v3 families are free-choice grammars: most answer slots take any of 4-24 words, so a trained model
+is uncertain there as a real dLLM is on text, and each choice constrains the later ones (no repeats). Their valid
+answers are too many to list; a parser checks them (`TaskSpec.check`) and training draws one at random
+(`TaskSpec.sample`).
 
 A problem is fully determined by its task and parameters; their canonical form (`Problem.key`) is hashed into the
 "train" or "heldout" split (`split_of`), so the two splits are disjoint by construction whatever the seeds. For the
@@ -28,6 +35,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -75,7 +83,11 @@ class Problem(msgspec.Struct, frozen=True):
 class TaskSpec(NamedTuple):
     draw: Callable[[random.Random], list]  # random parameters (JSON-serialisable)
     prompt: Callable[[list], str]  # parameters -> user message
-    answers: Callable[[list], list[str]]  # parameters -> every valid answer; the first is canonical
+    # parameters -> every valid answer, the first canonical; with `check`: only the canonical one
+    answers: Callable[[list], list[str]]
+    # free-choice families: (parameters, normalised answer) -> valid?, and a uniformly drawn valid answer
+    check: Callable[[list, str], bool] | None = None
+    sample: Callable[[list, random.Random], str] | None = None
 
 
 # tasks-v1 (the 16-token checkpoint `models/sdar-tasks`) -----------------------------------------------------------
@@ -249,6 +261,80 @@ def _story_answers(params: list) -> list[str]:
     return [" ".join(order) for order in itertools.permutations(sentences)]
 
 
+# invent ---------------------------------------------------------------------------------------------------------
+
+def _draw_invent(rng: random.Random) -> list:
+    return rng.sample(NAMES, rng.randint(3, 4))
+
+
+def _invent_prompt(params: list) -> str:
+    return f"Invent facts for {', '.join(params[:-1])} and {params[-1]}."
+
+
+def _invent_sentences(names: Sequence[str], cities: Sequence[str], jobs: Sequence[str]) -> str:
+    return " ".join(f"{name} lives in {city} and works as a {job}." for name, city, job in zip(names, cities, jobs))
+
+
+def _invent_answers(params: list) -> list[str]:
+    return [_invent_sentences(params, CITIES, JOBS)]
+
+
+def _invent_sample(params: list, rng: random.Random) -> str:
+    return _invent_sentences(params, rng.sample(CITIES, len(params)), rng.sample(JOBS, len(params)))
+
+
+def _invent_check(params: list, answer: str) -> bool:
+    """Each named person in prompt order, in a known city and job; no city and no job twice."""
+    pattern = r"(\w+) lives in (\w+) and works as a (\w+)\."
+    found = re.fullmatch(" ".join([pattern] * len(params)), answer)
+    if found is None:
+        return False
+    names, cities, jobs = (list(found.groups()[i::3]) for i in range(3))
+    return (names == list(params) and all(c in CITIES for c in cities) and all(j in JOBS for j in jobs)
+            and len(set(cities)) == len(cities) and len(set(jobs)) == len(jobs))
+
+
+# pack -----------------------------------------------------------------------------------------------------------
+
+def _draw_pack(rng: random.Random) -> list:
+    return [rng.choice(NAMES), rng.choice(CITIES), rng.randint(3, 5), rng.choice(COLOURS)]
+
+
+def _pack_prompt(params: list) -> str:
+    name, city, count, banned = params
+    return f"Pack {count} things for {name} in {city}, no {banned}."
+
+
+def _pack_list(name: str, city: str, pairs: Sequence[tuple[str, str]]) -> str:
+    things = [f"a {colour} {item}" for colour, item in pairs]
+    return f"{name} in {city} packs {', '.join(things[:-1])} and {things[-1]}."
+
+
+def _pack_answers(params: list) -> list[str]:
+    name, city, count, banned = params
+    allowed = [c for c in COLOURS if c != banned]
+    return [_pack_list(name, city, [(allowed[i % len(allowed)], ITEMS[i]) for i in range(count)])]
+
+
+def _pack_sample(params: list, rng: random.Random) -> str:
+    name, city, count, banned = params
+    allowed = [c for c in COLOURS if c != banned]
+    return _pack_list(name, city, [(rng.choice(allowed), item) for item in rng.sample(ITEMS, count)])
+
+
+def _pack_check(params: list, answer: str) -> bool:
+    """`count` known items, none twice, each with a known colour other than the banned one."""
+    name, city, count, banned = params
+    thing = r"a (\w+) (\w+)"
+    found = re.fullmatch(f"{re.escape(name)} in {re.escape(city)} packs "
+                         + ", ".join([thing] * (count - 1)) + f" and {thing}\\.", answer)
+    if found is None:
+        return False
+    colours, items = list(found.groups()[0::2]), list(found.groups()[1::2])
+    return (all(c in COLOURS and c != banned for c in colours) and all(i in ITEMS for i in items)
+            and len(set(items)) == count)
+
+
 TASKS: dict[str, TaskSpec] = {
     "arith": TaskSpec(_draw_arith, _arith_prompt, _arith_answers),
     "reverse": TaskSpec(_draw_reverse, _reverse_prompt, _reverse_answers),
@@ -259,12 +345,16 @@ TASKS: dict[str, TaskSpec] = {
     "sort": TaskSpec(_draw_sort, _sort_prompt, _sort_answers),
     "pick": TaskSpec(_draw_pick, _pick_prompt, _pick_answers),
     "story": TaskSpec(_draw_story, _story_prompt, _story_answers),
+    "invent": TaskSpec(_draw_invent, _invent_prompt, _invent_answers, _invent_check, _invent_sample),
+    "pack": TaskSpec(_draw_pack, _pack_prompt, _pack_answers, _pack_check, _pack_sample),
 }
 
 # A checkpoint is trained on one suite and names it in its config.json (`task_suite`; absent: the first suite).
 SUITES: dict[str, tuple[str, ...]] = {
     "tasks-v1": ("arith", "sort", "reverse", "lookup", "profile"),
     "tasks-v2": ("walk", "chain", "sort", "pick", "story"),
+    # free-choice grammars with the one learned state-tracking family (fine-tuned from a tasks-v2 checkpoint)
+    "tasks-v3": ("invent", "pack", "chain"),
 }
 DEFAULT_SUITE = "tasks-v1"  # the suite of the embedded default checkpoint (`models/sdar-tasks`)
 NEWEST_SUITE = "tasks-v2"  # what `train` trains on unless told otherwise
@@ -326,13 +416,18 @@ def generate(split: str, n: int, seed: int | str = 0, tasks: Sequence[str] = SUI
 
 
 def valid_answers(problem: Problem) -> list[str]:
-    """Every accepted assistant text of `problem` (one for the sequential families, every order for the others)."""
-    return TASKS[problem.task].answers(problem.params)
+    """Every accepted assistant text of `problem` (one for the sequential families, every order for the any-order
+    ones); the free-choice families have too many to list and refuse."""
+    spec = TASKS[problem.task]
+    if spec.check is not None:
+        raise ValueError(f"{problem.task!r} answers are checked by a parser, not listed (use is_correct)")
+    return spec.answers(problem.params)
 
 
 def training_answer(problem: Problem, rng: random.Random) -> str:
     """The answer a training sample uses: a uniformly drawn valid answer (the canonical one when there is one)."""
-    return rng.choice(valid_answers(problem))
+    spec = TASKS[problem.task]
+    return spec.sample(problem.params, rng) if spec.sample is not None else rng.choice(valid_answers(problem))
 
 
 def normalize(text: str) -> str:
@@ -348,7 +443,10 @@ def extract_answer(completion: str) -> str:
 
 def is_correct(problem: Problem, completion: str) -> bool:
     """The completion (cut at the end marker, whitespace-normalised) is one of the problem's valid answers."""
-    return extract_answer(completion) in {normalize(a) for a in valid_answers(problem)}
+    spec, answer = TASKS[problem.task], extract_answer(completion)
+    if spec.check is not None:
+        return spec.check(problem.params, answer)
+    return answer in {normalize(a) for a in valid_answers(problem)}
 
 
 def chat_prompt(user_text: str) -> str:

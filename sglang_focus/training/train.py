@@ -18,6 +18,7 @@ reference in tests/e2e/test_reference_decoder.py), for checking quality without 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -41,6 +42,9 @@ VOCAB_MULTIPLE = 64
 IGNORE = -100
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
+# the model shape when neither a flag nor --init-from gives it (head_dim / intermediate 0: hidden / heads, 3 * hidden)
+ARCHITECTURE_DEFAULTS = {"layers": 8, "hidden": 256, "heads": 4, "kv_heads": 2, "head_dim": 0, "intermediate": 0,
+                         "block_size": 32}
 
 
 class RMSNorm(nn.Module):
@@ -55,7 +59,7 @@ class RMSNorm(nn.Module):
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [tokens, head_dim // 2] for absolute `positions` [tokens]."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
     angles = positions.float()[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
 
@@ -145,7 +149,7 @@ class SdarLM(nn.Module):
                qk_sink: list | None = None) -> torch.Tensor:
         """Final-normed hidden states [batch, tokens, hidden] of ids [batch, tokens] under `visible` [t, t], at
         `positions` [t] (default 0..t-1). `qk_sink`, when given, receives each layer's (q, k) in layer order."""
-        positions = torch.arange(ids.shape[1]) if positions is None else positions
+        positions = torch.arange(ids.shape[1], device=ids.device) if positions is None else positions
         rope = rope_tables(positions, self.cfg["head_dim"], self.cfg["rope_theta"])
         h = self.model.embed_tokens(ids)
         for layer in self.model.layers:
@@ -257,6 +261,12 @@ def make_batch(examples: Sequence[Example], *, block_size: int, mask_id: int, pa
     return DiffusionBatch(torch.cat([ids, clean], 1), torch.cat([targets, torch.full_like(targets, IGNORE)], 1),
                           torch.cat([ratio, torch.ones_like(ratio)], 1), maskable,
                           torch.arange(width).repeat(2), two_stream_visibility(width, block_size))
+
+
+def batch_to(batch: DiffusionBatch, device: torch.device | str) -> DiffusionBatch:
+    """The batch's tensors on `device` (batches are built on the CPU, from CPU-seeded generators)."""
+    return batch._replace(**{name: getattr(batch, name).to(device) for name in batch._fields
+                             if isinstance(getattr(batch, name), torch.Tensor)})
 
 
 def diffusion_loss(model: SdarLM, batch: DiffusionBatch, *, weighting: str = "none") -> tuple[torch.Tensor, float]:
@@ -371,6 +381,34 @@ def prepare_tokenizer(out: Path, *, suite: str, seed: int, reuse: bool) -> tuple
     return tokenizer, tasks.save_task_tokenizer(tokenizer, out)
 
 
+def init_from_checkpoint(init_dir: Path, out: Path, *, suite: str) -> tuple[SdarLM, Tokenizer, dict[str, int]]:
+    """Fine-tuning start: the weights, architecture and tokenizer of the exported checkpoint in `init_dir`, to be
+    trained on task `suite` (recorded in the new config). The tokenizer is copied into `out`; the new suite's
+    words must already be in it, so a suite that needs other words must be trained from scratch."""
+    init_dir = Path(init_dir)
+    if not (init_dir / "model.safetensors").exists():
+        raise SystemExit(f"--init-from {init_dir}: no model.safetensors there (an exported checkpoint is needed)")
+    model, tokenizer = load_checkpoint(init_dir)
+    model.cfg = {**model.cfg, tasks.SUITE_CONFIG_KEY: suite}
+    return model, tokenizer, tasks.save_task_tokenizer(tokenizer, out)
+
+
+def resolve_architecture(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill the architecture flags: from --init-from's config.json (then none may be given) or the defaults."""
+    given = [f"--{name.replace('_', '-')}" for name in ARCHITECTURE_DEFAULTS if getattr(args, name) is not None]
+    if args.init_from:
+        if given:
+            parser.error(f"--init-from takes the architecture from {args.init_from}/config.json; "
+                         f"drop {', '.join(given)}")
+        config = json.loads((Path(args.init_from) / "config.json").read_text())
+        args.block_size = int(config["block_size"])
+        return args
+    for name, default in ARCHITECTURE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
+
+
 def training_examples(tokenizer: Tokenizer, *, suite: str, seed: int, step: int, batch_size: int) -> list[Example]:
     """The training problems of `step`: a function of (seed, step) only, so `--resume` sees the same data."""
     problems = tasks.generate("train", batch_size, seed=f"{seed}:{step}", tasks=tasks.SUITES[suite])
@@ -394,7 +432,7 @@ def make_optimizer(model: SdarLM, *, lr: float, weight_decay: float) -> torch.op
 
 def export_checkpoint(model: SdarLM, out: Path) -> None:
     """config.json, generation_config.json and model.safetensors in the layout SGLang's SDAR class loads."""
-    weights = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
+    weights = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     _write_checkpoint(Path(out), model.cfg, weights)
 
 
@@ -432,11 +470,17 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, special = prepare_tokenizer(out, suite=args.task_suite, seed=args.seed, reuse=args.resume)
-    model = SdarLM(model_config(args, tokenizer.get_vocab_size(), special))
+    if args.init_from:
+        model, tokenizer, special = init_from_checkpoint(args.init_from, out, suite=args.task_suite)
+    else:
+        tokenizer, special = prepare_tokenizer(out, suite=args.task_suite, seed=args.seed, reuse=args.resume)
+        model = SdarLM(model_config(args, tokenizer.get_vocab_size(), special))
+    model.to(args.device)
     opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     step = resume_state(out, model, opt) if args.resume else 0
     began, log = time.perf_counter(), (out / LOG_FILE).open("a")
+    if args.init_from and step == 0:
+        log.write(json.dumps({"init_from": Path(args.init_from).name, "task_suite": args.task_suite}) + "\n")
     last = min(args.steps, args.until or args.steps)  # the schedule still spans --steps
     bar = tqdm(range(step, last), initial=step, total=last, desc="train", dynamic_ncols=True)
     for step in bar:
@@ -445,7 +489,7 @@ def train(args: argparse.Namespace) -> Path:
                            block_size=args.block_size, mask_id=special["mask"], pad_id=special["pad"],
                            gen=torch.Generator().manual_seed(args.seed * 1_000_003 + step), objective=args.objective)
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
-        ce = train_step(model, opt, batch, lr=lr, weighting=args.weighting)
+        ce = train_step(model, opt, batch_to(batch, args.device), lr=lr, weighting=args.weighting)
         bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.2e}")
         out_of_time = args.max_minutes and time.perf_counter() - began > 60 * args.max_minutes
         log.write(json.dumps({"step": step + 1, "loss": round(ce, 5), "lr": lr,
@@ -465,7 +509,7 @@ def resume_state(out: Path, model: SdarLM, opt: torch.optim.Optimizer) -> int:
     path = out / STATE_FILE
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=False, map_location=next(model.parameters()).device)
     if state["cfg"] != model.cfg:
         raise SystemExit(f"--resume: {path} was trained with another model config")
     model.load_state_dict(state["model"])
@@ -475,7 +519,8 @@ def resume_state(out: Path, model: SdarLM, opt: torch.optim.Optimizer) -> int:
 
 def report_eval(model: SdarLM, tokenizer: Tokenizer, args: argparse.Namespace, step: int, log) -> EvalReport:
     problems = tasks.generate("heldout", args.eval_n, seed=args.seed, tasks=tasks.config_suite(model.cfg))
-    report = evaluate(model, tokenizer, problems, threshold=args.eval_threshold)
+    on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    report = evaluate(on_cpu, tokenizer, problems, threshold=args.eval_threshold)
     record = {"step": step, "heldout_accuracy": report.accuracy, "per_task": report.per_task,
               "tokens_per_step": round(report.tokens_per_step, 3), "n": report.n,
               "eval_seconds": round(report.seconds, 1)}
@@ -494,13 +539,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="stop after this step (0: --steps); the learning-rate schedule still spans --steps")
     p.add_argument("--task-suite", choices=tuple(tasks.SUITES), default=tasks.NEWEST_SUITE,
                    help="the task families to train on (recorded in config.json)")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=0, help="0: hidden / heads")
-    p.add_argument("--intermediate", type=int, default=0, help="0: 3 * hidden")
-    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="fine-tune: start from this exported checkpoint's weights, architecture and tokenizer "
+                        "(a fresh optimizer and schedule; --resume continues such a run)")
+    p.add_argument("--layers", type=int, help=f"default {ARCHITECTURE_DEFAULTS['layers']}")
+    p.add_argument("--hidden", type=int, help=f"default {ARCHITECTURE_DEFAULTS['hidden']}")
+    p.add_argument("--heads", type=int, help=f"default {ARCHITECTURE_DEFAULTS['heads']}")
+    p.add_argument("--kv-heads", type=int, help=f"default {ARCHITECTURE_DEFAULTS['kv_heads']}")
+    p.add_argument("--head-dim", type=int, help="default hidden / heads")
+    p.add_argument("--intermediate", type=int, help="default 3 * hidden")
+    p.add_argument("--block-size", type=int, help=f"default {ARCHITECTURE_DEFAULTS['block_size']}")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
@@ -516,8 +564,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-only", action="store_true", help="evaluate OUT's exported checkpoint and exit")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this much training time")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where to train, e.g. cuda (evaluation and the exported files stay on the CPU)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = resolve_architecture(p.parse_args(argv), p)
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as exc:  # an unknown device name, or no such device here
+        p.error(f"--device {args.device}: {str(exc).splitlines()[0]}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -527,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.out)
     state = Path(args.out) / STATE_FILE
-    step = torch.load(state, weights_only=False)["step"] if state.exists() else -1
+    step = torch.load(state, weights_only=False, map_location="cpu")["step"] if state.exists() else -1
     with (Path(args.out) / LOG_FILE).open("a") as log:
         report_eval(model, tokenizer, args, step=step, log=log)
 

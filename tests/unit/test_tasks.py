@@ -13,8 +13,10 @@ import pytest
 from sglang_focus.training import tasks
 from sglang_focus.training.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, MASK_TOKEN
 
-V1, V2 = tasks.SUITES["tasks-v1"], tasks.SUITES["tasks-v2"]
-BLOCKS = {"tasks-v1": 16, "tasks-v2": 32}  # the block size of the checkpoint each suite is for
+V1, V2, V3 = tasks.SUITES["tasks-v1"], tasks.SUITES["tasks-v2"], tasks.SUITES["tasks-v3"]
+BLOCKS = {"tasks-v1": 16, "tasks-v2": 32, "tasks-v3": 32}  # the block size of the checkpoint each suite is for
+# tasks-v3 is fine-tuned from a tasks-v2 checkpoint and keeps its tokenizer
+TOKENIZER_SUITE = {"tasks-v3": "tasks-v2"}
 
 
 @pytest.fixture(scope="module", params=list(tasks.SUITES))
@@ -24,7 +26,7 @@ def suite(request):
 
 @pytest.fixture(scope="module")
 def tokenizer(suite):
-    return tasks.build_task_tokenizer(tasks.SUITES[suite])
+    return tasks.build_task_tokenizer(tasks.SUITES[TOKENIZER_SUITE.get(suite, suite)])
 
 
 def test_same_seed_gives_same_problems_and_other_seeds_differ(suite):
@@ -173,7 +175,7 @@ def test_digits_are_one_token_each(tokenizer):
 
 
 def test_tokenizer_build_is_deterministic(suite, tokenizer):
-    assert tasks.build_task_tokenizer(tasks.SUITES[suite]).get_vocab() == tokenizer.get_vocab()
+    assert tasks.build_task_tokenizer(tasks.SUITES[TOKENIZER_SUITE.get(suite, suite)]).get_vocab() == tokenizer.get_vocab()
 
 
 def test_v1_tokenizer_is_the_bundled_checkpoints(bundled_model):
@@ -216,6 +218,56 @@ def test_answer_budget_fits_every_valid_answer_in_whole_blocks(suite, tokenizer)
     problems = tasks.generate("heldout", 100, seed="budget", tasks=tasks.SUITES[suite])
     block = BLOCKS[suite]
     budget = tasks.answer_token_budget(tokenizer, problems, block)
-    lengths = [len(tasks.encode_problem(tokenizer, p, answer)[1])
-               for p in problems for answer in tasks.valid_answers(p)[:24]]
+    lengths = [len(tasks.encode_problem(tokenizer, p, answer)[1]) for p in problems for answer in some_answers(p)]
     assert budget % block == 0 and max(lengths) <= budget < max(lengths) + block
+
+
+def some_answers(problem: tasks.Problem, n: int = 24) -> list[str]:
+    """Up to `n` valid answers: listed ones, or for the free-choice families the canonical one and random draws."""
+    if tasks.TASKS[problem.task].check is None:
+        return tasks.valid_answers(problem)[:n]
+    rng = random.Random(problem.key)
+    return [problem.answer] + [tasks.training_answer(problem, rng) for _ in range(n - 1)]
+
+
+@pytest.mark.parametrize("task", ["invent", "pack"])
+def test_free_choice_training_answers_are_valid_varied_and_tokenize_the_same_length(task):
+    """Any drawn answer passes the checker, drawn answers differ, and every one has the canonical token count
+    under the tasks-v2 tokenizer the tasks-v3 checkpoint keeps (every content word is one token there)."""
+    tokenizer = tasks.build_task_tokenizer(V2)
+    for p in tasks.generate("train", 40, seed=5, tasks=[task]):
+        answers = some_answers(p, 12)
+        assert all(tasks.is_correct(p, a + EOS_TOKEN) for a in answers), p.prompt
+        assert len(set(answers)) > 6
+        lengths = {len(tokenizer.encode(a).ids) for a in answers}
+        assert lengths == {len(tokenizer.encode(p.answer).ids)}
+        assert all(tokenizer.decode(tokenizer.encode(a).ids) == a for a in answers)
+    with pytest.raises(ValueError, match="checked by a parser"):
+        tasks.valid_answers(p)
+
+
+def test_invent_checker_rejects_repeats_unknown_words_and_other_names():
+    p = tasks.make_problem("invent", ["Mia", "Leo", "Sam"])
+    assert p.prompt == "Invent facts for Mia, Leo and Sam."
+    good = ("Mia lives in Paris and works as a baker. Leo lives in Rome and works as a pilot. "
+            "Sam lives in Oslo and works as a chef.")
+    assert tasks.is_correct(p, good + "<|im_end|>")
+    assert not tasks.is_correct(p, good.replace("Oslo", "Paris"))  # a city twice
+    assert not tasks.is_correct(p, good.replace("chef", "pilot"))  # a job twice
+    assert not tasks.is_correct(p, good.replace("Oslo", "London"))  # not a known city
+    assert not tasks.is_correct(p, good.replace("Leo", "Bob"))  # a name not asked for
+    leo, sam = good.split(". ")[1], good.split(". ")[2]
+    assert not tasks.is_correct(p, f"{good.split('. ')[0]}. {sam} {leo}.")  # not in the prompt's order
+    assert not tasks.is_correct(p, good.rsplit(" Sam", 1)[0])  # a person left out
+
+
+def test_pack_checker_rejects_the_banned_colour_repeated_items_and_a_wrong_count():
+    p = tasks.make_problem("pack", ["Mia", "Oslo", 3, "red"])
+    assert p.prompt == "Pack 3 things for Mia in Oslo, no red."
+    good = "Mia in Oslo packs a blue lamp, a blue rope and a green chair."
+    assert tasks.is_correct(p, good) and tasks.is_correct(p, p.answer)
+    assert not tasks.is_correct(p, good.replace("green", "red"))  # the banned colour
+    assert not tasks.is_correct(p, good.replace("rope", "lamp"))  # an item twice
+    assert not tasks.is_correct(p, good.replace("chair", "sofa"))  # not a known item
+    assert not tasks.is_correct(p, good.replace("Oslo", "Rome"))  # not the prompt's city
+    assert not tasks.is_correct(p, "Mia in Oslo packs a blue lamp and a green chair.")  # two, not three

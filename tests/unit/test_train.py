@@ -192,3 +192,53 @@ def test_model_and_generate_match_the_sglang_checked_reference(tmp_path, referen
         assert got.ids == reference_decoder.reference_generate(ref, prompt, 32, 0.8)
         blocks = -(-(length + 32) // BLOCK) - length // BLOCK  # whole blocks from the one holding the prompt tail
         assert got.blocks == blocks and got.decoded == blocks * BLOCK - length % BLOCK
+
+
+def test_init_from_fine_tunes_a_checkpoint_on_another_suite_with_its_tokenizer(tmp_path):
+    """--init-from starts from the exported weights (at lr 0 they stay bit-equal), keeps the architecture and
+    tokenizer, records the new suite, and refuses architecture flags it would ignore."""
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    train.train(train.parse_args(["--out", str(base), "--steps", "2", *TOY]))
+    train.train(train.parse_args(["--out", str(tuned), "--init-from", str(base), "--task-suite", "tasks-v3",
+                                  "--steps", "2", "--lr", "0", "--threads", "1", "--batch-size", "8"]))
+    a, b = load_file(str(base / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base_cfg, tuned_cfg = (json.loads((d / "config.json").read_text()) for d in (base, tuned))
+    assert tuned_cfg == {**base_cfg, tasks.SUITE_CONFIG_KEY: "tasks-v3"}
+    assert (tuned / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    log = [json.loads(line) for line in (tuned / train.LOG_FILE).read_text().splitlines()]
+    assert log[0] == {"init_from": "base", "task_suite": "tasks-v3"} and [r["step"] for r in log[1:]] == [1, 2]
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tuned), "--init-from", str(base), "--layers", "4"])
+
+
+def test_init_from_then_resume_reproduces_an_uninterrupted_fine_tune(tmp_path):
+    base, straight, resumed = tmp_path / "base", tmp_path / "straight", tmp_path / "resumed"
+    train.train(train.parse_args(["--out", str(base), "--steps", "2", *TOY]))
+    tune = ["--init-from", str(base), "--task-suite", "tasks-v3", "--steps", "4", "--threads", "1", "--batch-size",
+            "8", "--warmup", "2", "--save-every", "2"]
+    train.train(train.parse_args(["--out", str(straight), *tune]))
+    train.train(train.parse_args(["--out", str(resumed), *tune, "--until", "2"]))
+    train.train(train.parse_args(["--out", str(resumed), *tune, "--resume"]))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.norm.weight"], load_file(str(base / "model.safetensors"))["model.norm.weight"])
+
+
+def test_device_flag_refuses_a_device_this_machine_lacks_by_name(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--device", "gpu"])
+    assert "--device gpu" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            train.parse_args(["--out", "x", "--device", "cuda"])
+        assert "--device cuda" in capsys.readouterr().err
+
+
+def test_batches_move_to_the_training_device_whole(tokenizer_and_special):
+    """Every tensor of a batch goes to the device (meta here: no data, only placement); counts stay numbers."""
+    tokenizer, special = tokenizer_and_special
+    for objective in ("one_block", "all_blocks"):
+        moved = train.batch_to(toy_batch(tokenizer, special, 0, objective), "meta")
+        assert all(getattr(moved, f).is_meta for f in moved._fields if isinstance(getattr(moved, f), torch.Tensor))
+        assert isinstance(moved.maskable, float) and moved.maskable > 0
