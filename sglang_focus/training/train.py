@@ -394,14 +394,13 @@ def init_from_checkpoint(init_dir: Path, out: Path, *, suite: str) -> tuple[Sdar
 
 
 def resolve_architecture(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Fill the architecture flags: from --init-from's config.json (then none may be given) or the defaults."""
+    """Fill the architecture flags with their defaults; with --init-from the checkpoint's config.json gives the
+    architecture (the model's cfg, also its block size), so none of them may be given."""
     given = [f"--{name.replace('_', '-')}" for name in ARCHITECTURE_DEFAULTS if getattr(args, name) is not None]
     if args.init_from:
         if given:
             parser.error(f"--init-from takes the architecture from {args.init_from}/config.json; "
                          f"drop {', '.join(given)}")
-        config = json.loads((Path(args.init_from) / "config.json").read_text())
-        args.block_size = int(config["block_size"])
         return args
     for name, default in ARCHITECTURE_DEFAULTS.items():
         if getattr(args, name) is None:
@@ -486,7 +485,7 @@ def train(args: argparse.Namespace) -> Path:
     for step in bar:
         batch = make_batch(training_examples(tokenizer, suite=args.task_suite, seed=args.seed, step=step,
                                              batch_size=args.batch_size),
-                           block_size=args.block_size, mask_id=special["mask"], pad_id=special["pad"],
+                           block_size=model.cfg["block_size"], mask_id=special["mask"], pad_id=special["pad"],
                            gen=torch.Generator().manual_seed(args.seed * 1_000_003 + step), objective=args.objective)
         lr = lr_at(step, lr=args.lr, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
         ce = train_step(model, opt, batch_to(batch, args.device), lr=lr, weighting=args.weighting)

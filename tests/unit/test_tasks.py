@@ -19,6 +19,11 @@ BLOCKS = {"tasks-v1": 16, "tasks-v2": 32, "tasks-v3": 32}  # the block size of t
 TOKENIZER_SUITE = {"tasks-v3": "tasks-v2"}
 
 
+def suite_tokenizer(suite: str):
+    """A freshly built tokenizer of the checkpoint trained on `suite`."""
+    return tasks.build_task_tokenizer(tasks.SUITES[TOKENIZER_SUITE.get(suite, suite)])
+
+
 @pytest.fixture(scope="module", params=list(tasks.SUITES))
 def suite(request):
     return request.param
@@ -26,7 +31,7 @@ def suite(request):
 
 @pytest.fixture(scope="module")
 def tokenizer(suite):
-    return tasks.build_task_tokenizer(tasks.SUITES[TOKENIZER_SUITE.get(suite, suite)])
+    return suite_tokenizer(suite)
 
 
 def test_same_seed_gives_same_problems_and_other_seeds_differ(suite):
@@ -175,7 +180,7 @@ def test_digits_are_one_token_each(tokenizer):
 
 
 def test_tokenizer_build_is_deterministic(suite, tokenizer):
-    assert tasks.build_task_tokenizer(tasks.SUITES[TOKENIZER_SUITE.get(suite, suite)]).get_vocab() == tokenizer.get_vocab()
+    assert suite_tokenizer(suite).get_vocab() == tokenizer.get_vocab()
 
 
 def test_v1_tokenizer_is_the_bundled_checkpoints(bundled_model):
