@@ -43,6 +43,10 @@ class FocusConfig(msgspec.Struct, frozen=True, kw_only=True):
     # default is "request": on the bundled model it answered 11 of 200 held-out problems more than "block" and none
     # fewer, with 9 % fewer forwards per request and no slower steps (docs/benchmarks.md, "budget_reset").
     budget_reset: BudgetReset = "request"
+    # Eviction audit: every `audit_every`-th evicting step of the server (a step in which some request may evict)
+    # runs without eviction, as the delayed-cache-only arm would, while FOCUS's keep set is still selected from its
+    # delta; the decodable tokens it would have evicted are counted (stats.AuditStats). 0 = off.
+    audit_every: int = 0
     block_size: int | None = None  # overrides the checkpoint's block size
     mask_id: int | None = None  # overrides the checkpoint's mask token id
 
@@ -51,7 +55,7 @@ class FocusConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 FIELD_TYPES = {"alpha": float, "threshold": float, "delayed_cache": bool, "min_batch_tokens": int,
-               "budget_reset": str, "block_size": int, "mask_id": int}
+               "budget_reset": str, "audit_every": int, "block_size": int, "mask_id": int}
 # Options whose value is one of a fixed set of names.
 FIELD_CHOICES = {"budget_reset": BUDGET_RESETS}
 
@@ -98,6 +102,9 @@ def _check_ranges(cfg: dict[str, Any]) -> None:
     min_batch_tokens = cfg.get("min_batch_tokens")
     if min_batch_tokens is not None and min_batch_tokens < 0:
         raise FocusConfigError(f"'min_batch_tokens' must be >= 0, got {min_batch_tokens}")
+    audit_every = cfg.get("audit_every")
+    if audit_every is not None and audit_every < 0:
+        raise FocusConfigError(f"'audit_every' must be >= 0 (0 = off), got {audit_every}")
     mask_id = cfg.get("mask_id")
     if mask_id is not None and mask_id < 0:
         raise FocusConfigError(f"'mask_id' must be a token id >= 0, got {mask_id}")

@@ -51,6 +51,7 @@ class EvictionInput(NamedTuple):
     cand_pos: torch.Tensor  # [total_m] int32 (device): block positions of the candidates (ascending per request)
     target: torch.Tensor  # [bs] int32 (device): per-request budget target (spec §4.5)
     evict: torch.Tensor  # [bs] bool (device): per-request eviction flag
+    evict_cpu: torch.Tensor  # [bs] bool (host): evict (the requests an audited step counts)
     progress: torch.Tensor  # [bs] int32 (device): prog before this step
     row_req: torch.Tensor  # [n] int64 (host): request index of each processing row
     row_pos: torch.Tensor  # [n] int64 (host): block position of each processing row

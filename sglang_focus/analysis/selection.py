@@ -103,9 +103,22 @@ def baseline_keeps(step: StepRecord, count: int, rng: random.Random) -> dict[str
             "oracle": list(step.decoded)}
 
 
+# Whose block progress (spec §4.7) FOCUS's gap fill runs against: "focus", the progress FOCUS reaches when it
+# evicts at every step (its own keep sets); "trajectory", the progress of the recorded trajectory itself, which
+# processed its whole block at every step (stock decoding, or a FOCUS server whose evicting steps were all
+# audited): -1 on a block's first step, B - 1 after it.
+PROGRESS_MODES = ("focus", "trajectory")
+
+
 def replay(steps: Sequence[StepRecord], *, alpha: float = 1.5, budget_reset: str = "block", seed: int = 0,
-           backend: str | None = None) -> list[StepSelection]:
-    """Every selector's keep set at every step of the stock trajectory (`steps` in decoding order)."""
+           backend: str | None = None, progress_of: str = "focus",
+           block_size: int | None = None) -> list[StepSelection]:
+    """Every selector's keep set at every step of the stock trajectory (`steps` in decoding order).
+
+    `progress_of` (PROGRESS_MODES): "trajectory" needs `block_size`, and gives the keep sets an audited FOCUS
+    server selects on the same trajectory (`audit_every: 1`: its steps run unevicted)."""
+    assert progress_of in PROGRESS_MODES, f"progress_of must be one of {PROGRESS_MODES}, got {progress_of!r}"
+    assert progress_of == "focus" or block_size, "progress_of='trajectory' needs the block size"
     rng = random.Random(f"selection:{seed}")
     counters: dict[int, BudgetCounter] = {}
     progress: dict[tuple[int, int], int] = {}
@@ -117,8 +130,8 @@ def replay(steps: Sequence[StepRecord], *, alpha: float = 1.5, budget_reset: str
         target, evict, focus = focus_selection(step, counter, prog, alpha, backend)
         kept = {"focus": focus, **baseline_keeps(step, sum(focus), rng)}
         out.append(StepSelection(step, target, evict, prog, kept))
-        kept_positions = [p for p, k in zip(step.positions, focus) if k]
-        progress[(step.request, step.block)] = max([prog, *kept_positions])
+        processed = [p for p, k in zip(step.positions, focus) if k] if progress_of == "focus" else [block_size - 1]
+        progress[(step.request, step.block)] = max([prog, *processed])
         counter.record(sum(step.decoded))
     return out
 
@@ -137,6 +150,19 @@ def selector_metrics(selections: Sequence[StepSelection], selector: str) -> dict
             "wrong_evictions_per_step": (decoded - hit) / n,
             "steps_with_wrong_eviction": wrong_steps / n,
             "kept_share": kept / candidates if candidates else None}
+
+
+def audit_counts(selections: Sequence[StepSelection]) -> dict[int, dict[str, int]]:
+    """Per request, what an eviction audit of every evicting step counts (`stats.AuditStats`): the steps where
+    FOCUS evicts, the tokens decoded in them and, of those, the ones FOCUS's keep set evicts."""
+    out: dict[int, dict[str, int]] = {}
+    for s in selections:
+        counts = out.setdefault(s.step.request, {"steps": 0, "decodable": 0, "evicted_decodable": 0})
+        if s.evicts:
+            counts["steps"] += 1
+            counts["decodable"] += sum(s.step.decoded)
+            counts["evicted_decodable"] += sum(d and not k for d, k in zip(s.step.decoded, s.kept["focus"]))
+    return out
 
 
 def report(selections: Sequence[StepSelection]) -> dict:

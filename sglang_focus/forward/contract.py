@@ -2,13 +2,19 @@
 
 The unmasking algorithm puts the step's `EvictionInput` into the batch's `model_specific_states` under
 `FOCUS_INPUT_KEY`; a FOCUS-capable model class (`adapters/`) sees the key and runs `forward.model_forward`, which
-reaches the model's layers through a `DecoderAdapter` and leaves the `RetainPlan` under `FOCUS_RESULT_KEY`.
+reaches the model's layers through a `DecoderAdapter` and leaves the `RetainPlan` under `FOCUS_RESULT_KEY`. An
+audited step puts the input under `FOCUS_AUDIT_KEY` instead: the model runs its own forward (`forward.audit`) and
+leaves the keep mask it did not apply under `FOCUS_AUDIT_RESULT_KEY`.
 """
 
 from __future__ import annotations
 
 FOCUS_INPUT_KEY = "focus_eviction"  # model_specific_states key: EvictionInput for this forward
 FOCUS_RESULT_KEY = "focus_retained"  # written by the forward: RetainPlan
+# An audited step (config `audit_every`): the model's own forward over every row of the batch, which also scores
+# layers 0 and 1 and selects, without applying the selection.
+FOCUS_AUDIT_KEY = "focus_audit"  # model_specific_states key: EvictionInput for this audited forward
+FOCUS_AUDIT_RESULT_KEY = "focus_audit_keep"  # written by it: [n] bool (host) keep mask FOCUS would have applied
 
 
 class DecoderAdapter:
@@ -32,6 +38,10 @@ class DecoderAdapter:
 
     def attention(self, layer):
         return getattr(layer, self.attention_module)
+
+    def radix_attention(self, attn):
+        """The RadixAttention of attention block `attn`: it receives post-RoPE (q, k, v, forward_batch)."""
+        return attn.attn
 
     def head_shape(self, attn):
         return {"num_heads": attn.num_heads, "num_kv_heads": attn.num_kv_heads, "head_dim": attn.head_dim}

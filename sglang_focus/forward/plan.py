@@ -109,6 +109,7 @@ def _eviction_input(states, steps, process, masked, flat_rows, prefix_lens, alph
         cand_pos=row_pos[cand_rows].to(torch.int32).to(device),
         target=budget.target.to(torch.int32).to(device),
         evict=evict.to(device),
+        evict_cpu=evict,
         progress=torch.tensor([s.progress for s in states], dtype=torch.int32).to(device),
         row_req=row_req,
         row_pos=row_pos,

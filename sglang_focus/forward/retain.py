@@ -22,14 +22,20 @@ def candidate_importance(q: torch.Tensor, k: torch.Tensor, inp: EvictionInput, *
 def plan_retention(delta: torch.Tensor, inp: EvictionInput) -> RetainPlan:
     """Keep every non-mask row, and the candidates select_enforce keeps; recount rows and windows.
 
-    The step's one host synchronisation: the candidates' keep mask is copied to the host, where the kept rows,
-    their counts and windows are derived from the plan's host tensors; only the kept row indices go back.
+    The kept rows, their counts and windows are derived from the host keep mask (`select_keep_mask`, the step's
+    one host synchronisation) and the plan's host tensors; only the kept row indices go back.
     """
+    return plan_from_keep_mask(select_keep_mask(delta, inp), inp, device=delta.device)
+
+
+def select_keep_mask(delta: torch.Tensor, inp: EvictionInput) -> torch.Tensor:
+    """[n] bool (host) over the processing rows: every non-mask row, and the candidates select_enforce keeps for
+    the candidates' importance `delta` [total_m]. Copies the candidates' keep mask to the host (one sync)."""
     keep_candidates = kernels.select_enforce(delta, inp.cand_pos, inp.cand_cu, inp.target, inp.evict,
                                              inp.progress, max_m=inp.max_m).cpu()
     keep = torch.ones(inp.row_req.shape[0], dtype=torch.bool)
     keep[inp.cand_rows_cpu] = keep_candidates
-    return plan_from_keep_mask(keep, inp, device=delta.device)
+    return keep
 
 
 def plan_from_keep_mask(keep: torch.Tensor, inp: EvictionInput, *, device: torch.device) -> RetainPlan:

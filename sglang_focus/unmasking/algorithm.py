@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List, NamedTuple, Optional
 
 import torch
@@ -11,10 +12,11 @@ from sglang.srt.dllm.config import DllmConfig
 from sglang_focus.compat import assert_hooks_active
 from sglang_focus.config import SUPPORTED_ARCHITECTURES, parse_focus_config
 from sglang_focus.forward.attention import check_paged_plan
-from sglang_focus.forward.contract import FOCUS_INPUT_KEY, FOCUS_RESULT_KEY
+from sglang_focus.forward.contract import (FOCUS_AUDIT_KEY, FOCUS_AUDIT_RESULT_KEY, FOCUS_INPUT_KEY,
+                                           FOCUS_RESULT_KEY)
 from sglang_focus.forward.plan import StepPlan, plan_step
 from sglang_focus.forward.sub_batch import rows_batch
-from sglang_focus.stats import COUNT_FIELDS, STEP_KEY
+from sglang_focus.stats import AUDIT_FIELDS, AUDIT_KEY, COUNT_FIELDS, STEP_KEY
 from sglang_focus.step_timing import STEP_TIMES
 from sglang_focus.structs import FocusReqState
 from sglang_focus.unmasking.delayed_cache import apply_caching_rule, next_block_state, record_step
@@ -46,6 +48,7 @@ class Focus(LowConfidence):
         assert_hooks_active()
         self.focus_config = parse_focus_config(config.algorithm_config)
         self.threshold = self.focus_config.threshold
+        self.evicting_steps = 0  # evicting steps planned so far: the audit schedule (`_audit_due`)
 
     @classmethod
     def configure_server_args(cls, server_args) -> None:
@@ -62,7 +65,8 @@ class Focus(LowConfidence):
 
     def run(self, model_runner, forward_batch, algo_states: Optional[List[Any]] = None):
         """One denoising forward for the batch. Host synchronisations: the block mask before the forward, the keep
-        mask inside layer 1 (evictable steps only), and the new ids after it, which SGLang needs as lists."""
+        mask inside layer 1 (evictable steps only; an audited step has the same one, after its forward), and the new
+        ids after it, which SGLang needs as lists."""
         if not self.fdfo:
             raise RuntimeError("FOCUS needs FDFO scheduling (do not pass --no-dllm-fdfo)")
         with STEP_TIMES.section("step"):
@@ -83,19 +87,25 @@ class Focus(LowConfidence):
                              settings.alphas, delayed_cache=self.focus_config.delayed_cache,
                              device=ids.device, min_batch_tokens=self.focus_config.min_batch_tokens,
                              as_stock=settings.as_stock)
-            batch = self._step_batch(forward_batch, plan)
+            audited = self._audit_due(plan)
+            batch = self._step_batch(forward_batch, plan, audited=audited)
         with STEP_TIMES.section("model_forward"):
             out = model_runner.forward(batch, pp_proxy_tensors=None)
         if batch is not forward_batch:
             check_paged_plan(model_runner.attn_backend)
-        kept_rows, kept_counts, rightmost = self._retained(batch, plan)
+        kept_rows, kept_counts, rightmost = self._retained(batch, plan, audited=audited)
         new_ids = unmask_kept_rows(ids, masked_dev, out.logits_output.full_logits, plan.rows[kept_rows],
                                    mask_id=self.mask_id, threshold=self.threshold)
         forward_batch.input_ids.copy_(new_ids.view(-1))
         new_ids_host = new_ids.cpu()
         # A decoded position never holds the mask id (the LM head's mask column is -inf).
-        newly = (masked & (new_ids_host != self.mask_id)).sum(dim=1)
-        out.logits_output.customized_info = {STEP_KEY: _step_deltas(plan, kept_counts, newly)}
+        decoded = masked & (new_ids_host != self.mask_id)
+        newly = decoded.sum(dim=1)
+        deltas = _step_deltas(plan, kept_counts, newly)
+        if self.focus_config.audit_every:
+            keep = batch.model_specific_states[FOCUS_AUDIT_RESULT_KEY] if audited else None
+            _add_audit_deltas(deltas, plan, keep, decoded)
+        out.logits_output.customized_info = {STEP_KEY: deltas}
         apply_caching_rule(states, masked)
         for state, unmasked, right in zip(states, newly.tolist(), rightmost.tolist()):
             record_step(state, newly_unmasked=unmasked, rightmost_kept=right)
@@ -126,25 +136,67 @@ class Focus(LowConfidence):
                                carry_budget=[p.resolve_budget_reset(cfg.budget_reset) == "request" for p in params],
                                as_stock=[p.decodes_as_stock for p in params])
 
+    def _audit_due(self, plan: StepPlan) -> bool:
+        """Whether this step is audited: the `audit_every`-th, 2·`audit_every`-th, ... evicting step (one in which
+        some request may evict) this algorithm object has planned since the server started. Counts the step; every
+        attention-TP rank plans the same steps, so all ranks audit the same ones. Never with `audit_every` 0."""
+        every = self.focus_config.audit_every
+        if not every or plan.eviction is None:
+            return False
+        self.evicting_steps += 1
+        return self.evicting_steps % every == 0
+
     @staticmethod
-    def _step_batch(forward_batch, plan: StepPlan):
-        """SGLang's batch when every row runs and nothing may be evicted; otherwise a batch of the processing rows
-        (planned paged, like every batch of a FOCUS server: `sglang_focus.launch`)."""
-        if plan.processes_everything and plan.eviction is None:
-            return forward_batch
-        batch = rows_batch(forward_batch, plan.rows, plan.row_counts, plan.window)
+    def _step_batch(forward_batch, plan: StepPlan, *, audited: bool = False):
+        """SGLang's batch when every row runs and nothing is evicted; otherwise a batch of the processing rows
+        (planned paged, like every batch of a FOCUS server: `sglang_focus.launch`).
+
+        An audited step runs the batch a step without eviction runs (the delayed-cache-only arm's), carrying the
+        eviction input under FOCUS_AUDIT_KEY so the model scores and selects without evicting (`forward.audit`);
+        when that batch is SGLang's own, a field-for-field copy carries it, so SGLang's batch is not mutated.
+        """
+        if plan.processes_everything and (plan.eviction is None or audited):
+            if plan.eviction is None:
+                return forward_batch
+            batch = dataclasses.replace(forward_batch,
+                                        model_specific_states=dict(forward_batch.model_specific_states or {}))
+        else:
+            batch = rows_batch(forward_batch, plan.rows, plan.row_counts, plan.window)
         if plan.eviction is not None:
-            batch.model_specific_states[FOCUS_INPUT_KEY] = plan.eviction
+            batch.model_specific_states[FOCUS_AUDIT_KEY if audited else FOCUS_INPUT_KEY] = plan.eviction
         return batch
 
     @staticmethod
-    def _retained(batch, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Kept rows of the step batch (device), kept count and rightmost kept block position per request (host)."""
-        retained = batch.model_specific_states.get(FOCUS_RESULT_KEY) if plan.eviction is not None else None
+    def _retained(batch, plan: StepPlan, *, audited: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Kept rows of the step batch (device), kept count and rightmost kept block position per request (host);
+        every processing row when nothing was evicted (no eviction input, or an audited step)."""
+        evicting = plan.eviction is not None and not audited
+        retained = batch.model_specific_states.get(FOCUS_RESULT_KEY) if evicting else None
         if retained is None:
             all_rows = torch.arange(plan.rows.shape[0], device=plan.rows.device)
             return all_rows, plan.row_counts, plan.rightmost
         return retained.kept_rows, retained.kept_counts, retained.rightmost
+
+
+def _add_audit_deltas(deltas: list[dict], plan: StepPlan, keep: torch.Tensor | None, decoded: torch.Tensor) -> None:
+    """Add each request's AuditStats delta (stats.AUDIT_KEY) to its step delta, zeros unless the step was audited.
+
+    `keep` [n] bool (host): the keep mask FOCUS selected over the processing rows of an audited step (None if the
+    step was not audited); `decoded` [bs, B] bool (host): the positions this step decoded. Counted for the requests
+    FOCUS would have evicted from (`EvictionInput.evict_cpu`): their decoded tokens, and those outside `keep`.
+    """
+    bs, block = decoded.shape
+    counts = torch.zeros(bs, len(AUDIT_FIELDS), dtype=torch.int64)
+    if keep is not None:
+        inp = plan.eviction
+        evicted = torch.zeros(bs * block, dtype=torch.bool)
+        evicted[(inp.row_req * block + inp.row_pos)[~keep]] = True
+        audited = inp.evict_cpu.to(torch.int64)
+        counts[:, 0] = audited
+        counts[:, 1] = decoded.sum(dim=1) * audited
+        counts[:, 2] = (decoded & evicted.view(bs, block)).sum(dim=1) * audited
+    for delta, row in zip(deltas, counts.tolist()):
+        delta[AUDIT_KEY] = dict(zip(AUDIT_FIELDS, row))
 
 
 def _step_deltas(plan: StepPlan, kept: torch.Tensor, unmasked: torch.Tensor) -> list[dict[str, int]]:

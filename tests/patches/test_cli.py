@@ -44,6 +44,11 @@ CASES = {
     "other_algorithm": (lambda m, t: ["--model-path", m, "--focus", "--dllm-algorithm", "LowConfidence"],
                         "cannot be combined with --dllm-algorithm LowConfidence"),
     "sync_mode": (lambda m, t: ["--model-path", m, "--focus", "--no-dllm-fdfo"], "FDFO mode only"),
+    "audit_every_negative": (lambda m, t: ["--model-path", m, "--focus", "--focus-config",
+                                           yaml_file(t, "audit_every: -4\n")], "'audit_every' must be >= 0"),
+    "audit_every_not_an_integer": (lambda m, t: ["--model-path", m, "--dllm-algorithm", "Focus",
+                                                 "--dllm-algorithm-config", yaml_file(t, "audit_every: 0.5\n")],
+                                   "'audit_every' must be an integer"),
     "missing_config_file": (lambda m, t: ["--model-path", m, "--focus", "--focus-config", str(t / "nope.yaml")],
                             "does not exist"),
 }

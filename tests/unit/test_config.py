@@ -15,6 +15,11 @@ def test_defaults_follow_the_spec_but_carry_the_budget_over_the_request():
     assert cfg == FocusConfig(alpha=1.5, threshold=0.8, delayed_cache=True, budget_reset="request")
 
 
+def test_the_eviction_audit_is_off_unless_asked_for():
+    assert parse_focus_config(None).audit_every == 0
+    assert parse_focus_config({"audit_every": "20"}).audit_every == 20
+
+
 @pytest.mark.parametrize("value", ["block", "request"])
 def test_budget_reset_takes_block_or_request(value):
     assert parse_focus_config({"budget_reset": value}).budget_reset == value
@@ -49,6 +54,10 @@ def test_infinite_alpha_disables_eviction_and_round_trips():
     ({"mask_id": -1}, "'mask_id' must be a token id"),
     ({"delayed_cache": "yes"}, "'delayed_cache' must be true or false"),
     ({"min_batch_tokens": -1}, "'min_batch_tokens' must be >= 0"),
+    ({"audit_every": -1}, "'audit_every' must be >= 0 (0 = off), got -1"),
+    ({"audit_every": 2.5}, "'audit_every' must be an integer, got 2.5"),
+    ({"audit_every": "often"}, "'audit_every' must be a number"),
+    ({"audit_every": True}, "'audit_every' must be a number"),
     ({"budget_reset": "never"}, "'budget_reset' must be 'block' or 'request', got 'never'"),
     ({"budget_reset": "Block"}, "'budget_reset' must be 'block' or 'request', got 'Block'"),
     ({"budget_reset": None}, "'budget_reset' must be 'block' or 'request', got None"),
@@ -70,7 +79,9 @@ def test_engine_kwargs_select_focus_with_a_validated_yaml():
     assert kwargs["dllm_algorithm"] == "Focus"
     with open(kwargs["dllm_algorithm_config"]) as f:
         assert yaml.safe_load(f) == {"alpha": 2.0, "threshold": 0.9, "delayed_cache": True, "min_batch_tokens": 128,
-                                     "budget_reset": "request"}
+                                     "budget_reset": "request", "audit_every": 0}
+    with open(engine_kwargs(audit_every=10)["dllm_algorithm_config"]) as f:
+        assert yaml.safe_load(f)["audit_every"] == 10
     with open(engine_kwargs(budget_reset="block")["dllm_algorithm_config"]) as f:
         assert yaml.safe_load(f)["budget_reset"] == "block"
     with pytest.raises(FocusConfigError):
