@@ -2,7 +2,7 @@
 prompts, through real servers.
 
     python -m sglang_focus.bench.accuracy --model-path models/sdar-tasks [--n 500] [--threshold 0.8]
-        [--arms stock delayed focus] [--budget-reset block|request] [--out DIR]
+        [--arms stock delayed focus] [--budget-reset block|request] [--audit-every N] [--out DIR]
 
 Each arm (`sglang_focus.bench.arms`: stock, delayed = FOCUS with eviction off, focus) is served in turn by
 `python -m sglang.launch_server` (same threshold, dtype and scheduler limits) and answers the same held-out problems
@@ -26,7 +26,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from sglang_focus.bench import arms
+from sglang_focus.bench import arms, audit
 from sglang_focus.bench.local_server import LocalServer, ServerStartError
 from sglang_focus.training import tasks
 from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT, block_size_of
@@ -54,7 +54,8 @@ def score_arm(arm: str, problems: Sequence[tasks.Problem], completions: Sequence
         "threshold": args.threshold, "alpha": arms.arm_alpha(arm, args.alpha),
         "budget_reset": None if arm == "stock" else arms.resolved_focus_options(args)["budget_reset"],
         "per_task": {task: sum(v) / len(v) for task, v in hits.items()},
-        **arms.decoding_fields(replies), "output_tokens": output_tokens, "seconds": seconds,
+        **arms.decoding_fields(replies), **audit.audit_fields(replies), "output_tokens": output_tokens,
+        "seconds": seconds,
         "output_tokens_per_s": output_tokens / seconds if seconds else None,
     }
 
@@ -76,7 +77,7 @@ def arm_server(arm: str, args: argparse.Namespace, cfg_dir: Path) -> LocalServer
     """`arm`'s server (not started): its flags and environment from `arms`, its log in `--log-dir`."""
     server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
                                        max_running=args.max_running, dtype=args.dtype,
-                                       focus_options=arms.focus_options(args))
+                                       focus_options=audit.focus_options(arm, arms.focus_options(args), args))
     return LocalServer(args.model_path, server_args, env=arms.arm_server_env(arm),
                        log_path=args.log_dir / f"server-{arm}.log")
 
@@ -117,6 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
     arms.add_arm_flags(p)
+    audit.add_audit_flag(p)
     p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
     p.add_argument("--dtype", default="auto", help="launch_server --dtype (every arm)")
     p.add_argument("--out", type=Path, default=None, help="write OUT/accuracy.json")
@@ -148,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     agreement = add_comparisons(records, completions)
     result = {"model": args.model_path.name, "seed": args.seed, "arms": args.arms, "threshold": args.threshold,
               "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": max_new_tokens,
-              "max_running": args.max_running, "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"),
+              "max_running": args.max_running, "dtype": args.dtype, "audit_every": args.audit_every,
+              "date": time.strftime("%Y-%m-%d"),
               "records": records, "agreement": agreement, "hardware": arms.hardware()}
     result["answers"] = [{"task": p.task, "prompt": p.prompt, "expected": p.answer,
                           **{arm: tasks.extract_answer(completions[arm][i]) for arm in completions}}
@@ -159,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(records, list(dict.fromkeys(p.task for p in problems))))
     for arm, share in agreement.items():
         print(f"{arm}: answers identical to stock's for {100 * share:.1f}% of the problems")
+    for line in filter(None, map(audit.format_audit, records)):
+        print(line)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -32,7 +32,7 @@ from typing import NamedTuple, Sequence
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from sglang_focus.bench import arms
+from sglang_focus.bench import arms, audit
 from sglang_focus.bench.accuracy import completion_text, problem_payload
 from sglang_focus.bench.forward import layer_bound
 from sglang_focus.bench.local_server import LocalServer, ServerStartError, cuda_available, start_side_by_side
@@ -112,7 +112,7 @@ def arm_record(arm: str, batch_size: int, rounds: Sequence[Round], workload: Wor
         "rounds": len(rounds),
         "output_throughput": output_tokens / seconds, "request_throughput": len(replies) / seconds,
         "output_tokens": output_tokens, "seconds": seconds,
-        **arms.decoding_fields(replies),
+        **arms.decoding_fields(replies), **audit.audit_fields(replies),
         "accuracy": None,
         **step_time_fields(rounds),
     }
@@ -240,6 +240,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
     arms.add_arm_flags(p)
+    audit.add_audit_flag(p)
     p.add_argument("--dtype", default="auto", help="launch_server --dtype (every arm)")
     p.add_argument("--out", type=Path, default=Path(".cache/bench-throughput"))
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"))
@@ -273,7 +274,7 @@ def start_servers(args: argparse.Namespace, max_new_tokens: int) -> dict[str, Lo
     for arm in args.arms:
         server_args = arms.arm_server_args(arm, threshold=args.threshold, alpha=args.alpha, config_dir=cfg_dir,
                                            max_running=largest, dtype=args.dtype, extra=["--max-total-tokens", pool],
-                                           focus_options=arms.focus_options(args))
+                                           focus_options=audit.focus_options(arm, arms.focus_options(args), args))
         print(f"[{arm}] starting the server (log: {args.log_dir / f'throughput-{arm}.log'})", flush=True)
         env = arms.arm_server_env(arm)
         if timed:
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     gains = speedups(records, num_layers)
     result = {"model": args.model_path.name, "num_layers": num_layers, "arms": args.arms, "threshold": args.threshold,
               "alpha": args.alpha, **arms.resolved_focus_options(args), "max_new_tokens": workload.max_new_tokens,
-              "repeats": args.repeats, "dtype": args.dtype,
+              "repeats": args.repeats, "dtype": args.dtype, "audit_every": args.audit_every,
               "prompts": str(args.prompts) if args.prompts else "heldout task problems",
               "date": time.strftime("%Y-%m-%d"), "records": records, "speedups": gains, "hardware": arms.hardware()}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     save_plot(records, gains, args.out / "throughput.png", f"{setting}\n{device}")
     print(f"\n{setting}, {device}; {args.repeats} counted rounds per cell, warm-up excluded\n")
     print(markdown_table(records, gains))
+    for record in records:
+        if line := audit.format_audit(record):
+            print(f"batch {record['batch_size']}, {line}")
     print(f"\nwrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
     return result
 
