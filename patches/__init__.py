@@ -93,7 +93,8 @@ MANIFEST: tuple[Patch, ...] = (
         kind="AROUND", scope="dllm",
         why="The greedy argmax may pick the mask token itself, which re-masks the position and can emit the mask "
             "id as output text.",
-        how="Sets the mask id's logit to -inf before the original step.",
+        how="Sets the mask id's logit to -inf before the original step. With SGLANG_FOCUS_DUMP_LOGITS set (a debug "
+            "aid, off by default) it first writes the step's ids, positions and logits to that directory.",
         removal="Upstream excluding mask_id from the unmasking argmax.",
     ),
     Patch(

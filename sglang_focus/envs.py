@@ -32,3 +32,9 @@ def check_tp_keep() -> bool:
 def export(values: Mapping[str, str]) -> None:
     """Set `values` in this process's environment, which every process it starts afterwards inherits."""
     os.environ.update(values)
+
+
+def logits_dump_dir() -> str | None:
+    """SGLANG_FOCUS_DUMP_LOGITS: directory where every stock LowConfidence step of the scheduler writes its batch's
+    ids, positions and full logits (a debug aid for checking a converted checkpoint; off when unset)."""
+    return os.environ.get("SGLANG_FOCUS_DUMP_LOGITS") or None

@@ -138,8 +138,17 @@ def low_confidence_step(logits: torch.Tensor, masked: list[int], mask_id: int,
 
 def reference_generate(model: TinySdar, prompt: list[int], max_new_tokens: int, threshold: float,
                        trace: list | None = None) -> list[int]:
-    """Greedy block-diffusion decoding on SGLang's absolute block grid; `trace` gets (unmasked, confidences)."""
-    bs, mask_id = model.block_size, model.mask_id
+    """Greedy block-diffusion decoding of `model` on SGLang's absolute block grid (`block_diffusion_decode`)."""
+    return block_diffusion_decode(lambda ids: model_logits(model, ids), prompt, max_new_tokens, threshold,
+                                  block_size=model.block_size, mask_id=model.mask_id, trace=trace)
+
+
+def block_diffusion_decode(logits_of, prompt: list[int], max_new_tokens: int, threshold: float, *,
+                           block_size: int, mask_id: int, trace: list | None = None) -> list[int]:
+    """Greedy block-diffusion decoding on SGLang's absolute block grid, for any model: `logits_of(ids)` returns the
+    [len(ids), vocab] logits of the whole sequence under block-causal attention. `trace` gets (unmasked,
+    confidences) per step."""
+    bs = block_size
     committed = list(prompt)  # prompt + generated tokens, final ids only
     output: list[int] = []
     while len(output) < max_new_tokens:
@@ -147,7 +156,7 @@ def reference_generate(model: TinySdar, prompt: list[int], max_new_tokens: int, 
         first_new = len(committed) - start
         block = committed[start:] + [mask_id] * (bs - first_new)
         while masked := [j for j in range(first_new, bs) if block[j] == mask_id]:
-            logits = model_logits(model, committed[:start] + block)[start:]
+            logits = logits_of(committed[:start] + block)[start:]
             unmask, conf = low_confidence_step(logits, masked, mask_id, threshold)
             for j, tok in unmask.items():
                 block[j] = tok
