@@ -241,7 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         server_args = arm_server_args(args.arm, threshold=DEFAULT_THRESHOLD, alpha=DEFAULT_ALPHA,
                                       config_dir=config_dir(), max_running=args.max_running_requests)
-        print(f"starting {args.arm} server on {args.model_path} ...", flush=True)
+        dtype = server_args[server_args.index("--dtype") + 1]
+        print(f"starting {args.arm} server on {args.model_path} (--dtype {dtype}) ...", flush=True)
         with LocalServer(args.model_path, server_args, env=arm_server_env(args.arm), log_path=args.log) as server:
             reports = run_load_test(server.base_url, server_pid=server.process.pid, **run)
     return 0 if all(r.passed for r in reports) else 1

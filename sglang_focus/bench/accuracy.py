@@ -120,10 +120,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     arms.add_arm_flags(p)
     audit.add_audit_flag(p)
     p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
-    p.add_argument("--dtype", default="auto", help="launch_server --dtype (every arm)")
+    p.add_argument("--dtype", default=None,
+                   help="launch_server --dtype (every arm; default float32 on the CPU, auto on a GPU)")
     p.add_argument("--out", type=Path, default=None, help="write OUT/accuracy.json")
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"), help="server logs")
     args = p.parse_args(argv)
+    if args.dtype is None:
+        from sglang_focus.bench.local_server import serving_dtype
+
+        args.dtype = serving_dtype()
     if args.n < 1:
         p.error("--n must be at least 1")
     if not (args.model_path / "tokenizer.json").exists():

@@ -83,14 +83,17 @@ class BenchRequestError(RuntimeError):
 
 
 def arm_server_args(arm: str, *, threshold: float, alpha: float, config_dir: Path, max_running: int,
-                    dtype: str = "auto", extra: Sequence[str] = (),
+                    dtype: str | None = None, extra: Sequence[str] = (),
                     focus_options: Mapping[str, object] | None = None) -> list[str]:
     """launch_server flags for `arm`; writes the algorithm's YAML config into `config_dir` (`<arm>.yaml`).
 
-    `focus_options`: further FOCUS YAML keys (e.g. min_batch_tokens, budget_reset) for both FOCUS arms."""
+    `focus_options`: further FOCUS YAML keys (e.g. min_batch_tokens, budget_reset) for both FOCUS arms. `dtype`
+    defaults to `local_server.serving_dtype()` (float32 on the CPU)."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    common = ["--max-running-requests", str(max_running), "--dtype", dtype, *extra]
+    from sglang_focus.bench.local_server import serving_dtype
+
+    common = ["--max-running-requests", str(max_running), "--dtype", dtype or serving_dtype(), *extra]
     if arm == "stock":
         cfg = _write_yaml(config_dir / "stock.yaml", {"threshold": threshold})
         return ["--dllm-algorithm", "LowConfidence", "--dllm-algorithm-config", cfg, *common]

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from sglang_focus.training import tasks
 from sglang_focus.bench.frontend import programs_collected_safely
-from sglang_focus.bench.local_server import LocalServer, ServerStartError
+from sglang_focus.bench.local_server import LocalServer, ServerStartError, serving_dtype
 from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT, block_size_of
 
 RIGHT, WRONG = "✓", "✗"
@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> None:
 
     config = Path(tempfile.mkdtemp(prefix="sglang-focus-demo-")) / "focus.yaml"
     config.write_text(f"min_batch_tokens: {DEMO_MIN_BATCH_TOKENS}\n")
+    dtype = serving_dtype()
     print(f"Starting: python -m sglang.launch_server --model-path {args.model_path} --focus --focus-config {config}"
-          f"  (min_batch_tokens: {DEMO_MIN_BATCH_TOKENS}, so that this small batch evicts; log: {args.log})",
-          flush=True)
+          f" --dtype {dtype}  (min_batch_tokens: {DEMO_MIN_BATCH_TOKENS}, so that this small batch evicts; log: "
+          f"{args.log})", flush=True)
     started = time.monotonic()
-    server_args = ["--focus", "--focus-config", str(config), "--max-running-requests", "8"]
+    server_args = ["--focus", "--focus-config", str(config), "--max-running-requests", "8", "--dtype", dtype]
     try:
         server = LocalServer(args.model_path, server_args, log_path=args.log)
         server.start()

@@ -40,6 +40,13 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def serving_dtype() -> str:
+    """The `launch_server --dtype` every tool serves with, the same for every arm: `float32` on the CPU, where
+    SGLang's `auto` would run a float32 checkpoint in float16 (emulated there: ~7x slower per row on the SmolLM2
+    conversion, and not what the plain-PyTorch references compute); the checkpoint's own dtype (`auto`) on a GPU."""
+    return "auto" if cuda_available() else "float32"
+
+
 class LocalServer:
     """One SGLang server process tree; use as a context manager or call start()/stop()."""
 

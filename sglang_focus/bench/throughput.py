@@ -241,13 +241,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
     arms.add_arm_flags(p)
     audit.add_audit_flag(p)
-    p.add_argument("--dtype", default="auto", help="launch_server --dtype (every arm)")
+    p.add_argument("--dtype", default=None,
+                   help="launch_server --dtype (every arm; default float32 on the CPU, auto on a GPU)")
     p.add_argument("--out", type=Path, default=Path(".cache/bench-throughput"))
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"))
     p.add_argument("--step-times", action=argparse.BooleanOptionalAction, default=None,
                    help="time every denoising step in the servers (default: on without a GPU; on a GPU it "
                         "synchronises the device at each section, so it is off unless asked for)")
     args = p.parse_args(argv)
+    if args.dtype is None:
+        from sglang_focus.bench.local_server import serving_dtype
+
+        args.dtype = serving_dtype()
     try:
         args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
     except ValueError:
@@ -315,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     setting = (f"{args.model_path.name}, τ = {args.threshold}, α = {args.alpha}, "
-               f"min_batch_tokens = {result['min_batch_tokens']}, budget_reset = {result['budget_reset']}")
+               f"min_batch_tokens = {result['min_batch_tokens']}, budget_reset = {result['budget_reset']}, "
+               f"dtype {args.dtype}")
     device = result["hardware"]["device"]
     save_plot(records, gains, args.out / "throughput.png", f"{setting}\n{device}")
     print(f"\n{setting}, {device}; {args.repeats} counted rounds per cell, warm-up excluded\n")

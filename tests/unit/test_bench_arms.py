@@ -9,6 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from sglang_focus.bench import accuracy, arms, throughput
+from sglang_focus.bench.local_server import cuda_available
 from sglang_focus.compat import FLASHINFER_PAGED_ENV, attention_path_env
 from sglang_focus.training import tasks
 
@@ -40,6 +41,19 @@ def test_bench_accuracy_starts_every_arm_on_the_paged_path(tmp_path):
         server = accuracy.arm_server(arm, args, tmp_path)
         assert server.extra_env == attention_path_env(), (arm, server.extra_env)
         assert server.process is None and server.log_path == tmp_path / f"server-{arm}.log"
+
+
+@pytest.mark.skipif(cuda_available(), reason="the CPU default")
+def test_every_arm_serves_float32_on_the_cpu_unless_told(tmp_path, monkeypatch):
+    """SGLang's `auto` would serve a float32 checkpoint in float16 on the CPU (emulated: several times slower);
+    every tool asks for float32 there, for every arm, and an explicit --dtype wins."""
+    monkeypatch.setattr(throughput, "start_side_by_side", lambda servers: None)
+    dtype_of = lambda server: server.args[server.args.index("--dtype") + 1]  # noqa: E731
+    args = throughput.parse_args(["--model-path", BUNDLED, "--batch-sizes", "1", "--log-dir", str(tmp_path)])
+    assert args.dtype == "float32"
+    assert {dtype_of(s) for s in throughput.start_servers(args, max_new_tokens=64).values()} == {"float32"}
+    args = accuracy.parse_args(["--model-path", BUNDLED, "--n", "5", "--log-dir", str(tmp_path), "--dtype", "bfloat16"])
+    assert {dtype_of(accuracy.arm_server(arm, args, tmp_path)) for arm in arms.ARMS} == {"bfloat16"}
 
 
 def test_the_tools_default_to_the_one_embedded_checkpoint():
