@@ -247,11 +247,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from sglang_focus.training.train import load_checkpoint
+    from sglang_focus.training.checkpoints import load_for_decoding
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_checkpoint(args.model_path)
+    model, tokenizer = load_for_decoding(args.model_path)
     model.eval()
     began = time.perf_counter()
     rows, decodings = decode_heldout(model, tokenizer, args)

@@ -18,3 +18,20 @@ EMBEDDED_DEFAULT = MODELS_DIR / "sdar-tasks"
 def block_size_of(model_dir: Path) -> int:
     """The denoising block size the checkpoint in `model_dir` was trained with (`block_size` in config.json)."""
     return int(json.loads((Path(model_dir) / "config.json").read_text())["block_size"])
+
+
+def load_for_decoding(model_dir: Path):
+    """(model, tokenizers.Tokenizer) of a bundled checkpoint for the plain-PyTorch tools (decoder, analyses): the
+    from-scratch SDAR models as `train.SdarLM`, the SmolLM2 conversion (LLaDA2 layout) as `llama_dllm.LlamaDllm`
+    with its weights as served (no adapter on top). Both expose `cfg`, `hidden(ids, visible, positions, qk_sink)` and
+    `logits(hidden)`."""
+    architecture = json.loads((Path(model_dir) / "config.json").read_text())["architectures"][0]
+    if architecture == "LLaDA2MoeModelLM":
+        from tokenizers import Tokenizer
+
+        from sglang_focus.training.llama_dllm import LlamaDllm
+
+        return LlamaDllm.from_checkpoint(Path(model_dir), rank=0), Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    from sglang_focus.training.train import load_checkpoint
+
+    return load_checkpoint(model_dir)

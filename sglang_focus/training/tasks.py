@@ -355,6 +355,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     "tasks-v2": ("walk", "chain", "sort", "pick", "story"),
     # free-choice grammars with the one learned state-tracking family (fine-tuned from a tasks-v2 checkpoint)
     "tasks-v3": ("invent", "pack", "chain"),
+    # every family, for the SmolLM2 conversion (a pretrained model copies by content, which no from-scratch model
+    # learned); `training.finetune` trains on it
+    "tasks-all": ("arith", "sort", "reverse", "lookup", "profile", "walk", "chain", "pick", "story", "invent", "pack"),
 }
 DEFAULT_SUITE = "tasks-v1"  # the suite of the embedded default checkpoint (`models/sdar-tasks`)
 NEWEST_SUITE = "tasks-v2"  # what `train` trains on unless told otherwise

@@ -9,18 +9,25 @@ import re
 
 import jinja2
 import pytest
+from tokenizers import Tokenizer
 
 from sglang_focus.training import tasks
+from sglang_focus.training.checkpoints import MODELS_DIR
 from sglang_focus.training.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, MASK_TOKEN
 
 V1, V2, V3 = tasks.SUITES["tasks-v1"], tasks.SUITES["tasks-v2"], tasks.SUITES["tasks-v3"]
-BLOCKS = {"tasks-v1": 16, "tasks-v2": 32, "tasks-v3": 32}  # the block size of the checkpoint each suite is for
+# the block size of the checkpoint each suite is for
+BLOCKS = {"tasks-v1": 16, "tasks-v2": 32, "tasks-v3": 32, "tasks-all": 32}
+SMOLLM2_BASE = MODELS_DIR / "smollm2-base"  # built by `make setup`
 # tasks-v3 is fine-tuned from a tasks-v2 checkpoint and keeps its tokenizer
 TOKENIZER_SUITE = {"tasks-v3": "tasks-v2"}
 
 
 def suite_tokenizer(suite: str):
-    """A freshly built tokenizer of the checkpoint trained on `suite`."""
+    """The tokenizer of the checkpoint trained on `suite`: built afresh for the from-scratch models, SmolLM2's own
+    (with the appended mask token) for the conversion `make setup` builds."""
+    if suite == "tasks-all":
+        return Tokenizer.from_file(str(SMOLLM2_BASE / "tokenizer.json"))
     return tasks.build_task_tokenizer(tasks.SUITES[TOKENIZER_SUITE.get(suite, suite)])
 
 

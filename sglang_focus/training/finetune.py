@@ -1,0 +1,183 @@
+"""Block-diffusion fine-tuning of the converted SmolLM2 with a LoRA adapter, on the CPU, resumable across sessions.
+
+    python -m sglang_focus.training.finetune --out models/smollm2-dllm/adapter --steps 3000 [--resume] [--max-minutes M]
+
+Objective (SDAR's, as served: no shift, a masked position's own logits predict it): each sample is a chat prompt
+and its answer (ending with `<|im_end|>`, padded with `<|endoftext|>` to a block boundary) on the fixed 32-token
+block grid; one answer block is noised (answer positions masked with probability t ~ U(0.1, 1)), earlier blocks stay
+clean, the sample is cut after that block, attention is block-causal, and the loss is the mean cross-entropy of the
+masked tokens (`train.make_batch` / `train.diffusion_loss`, shared with the from-scratch models).
+
+Data: the task families (`--task-suite`, training split, every valid answer drawn uniformly) and the chat set's
+training split (`--chat-data`, share `--chat-share`), in SmolLM2's chat format with or without its default system
+prompt (`--system-share`), so both the raw-id tools and the OpenAI route see a format the model was trained on. A
+step's samples are a function of (seed, step) alone, so `--resume` continues bit-exactly.
+
+What the run writes into OUT: `train_state.pt` (adapter, AdamW state, step, the run's arguments; committed while
+training spans sessions), `adapter.safetensors` (the adapter alone, what a finished run ships) and
+`train_log.jsonl`. `convert_smollm2 --adapter OUT` builds the served checkpoint from the base and the adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from sglang_focus.training import chat_data, tasks
+from sglang_focus.training.llama_dllm import LlamaDllm
+from sglang_focus.training.train import Example, lr_at, make_batch, make_optimizer, train_step
+
+STATE_FILE = "train_state.pt"
+ADAPTER_FILE = "adapter.safetensors"
+LOG_FILE = "train_log.jsonl"
+DEFAULT_SUITE = "tasks-all"
+# The arguments that define the run; --resume refuses to continue a state saved with other values.
+RUN_KEYS = ("rank", "alpha", "task_suite", "chat_share", "system_share", "batch_size", "lr", "warmup", "steps",
+            "min_lr_ratio", "weight_decay", "objective", "seed")
+
+
+class Mix:
+    """Where a step's samples come from: task problems and chat records, tokenized in SmolLM2's chat format."""
+
+    def __init__(self, tokenizer: Tokenizer, families: Sequence[str], chat_records: Sequence[dict], *,
+                 chat_share: float, system_share: float):
+        self.tokenizer, self.families, self.chat = tokenizer, tuple(families), list(chat_records)
+        self.chat_share, self.system_share = chat_share if self.chat else 0.0, system_share
+        self.eos = tokenizer.token_to_id("<|im_end|>")
+
+    def examples(self, *, seed: int, step: int, batch_size: int) -> list[Example]:
+        """The `step`'s samples: a function of (seed, step) only."""
+        rng = random.Random(f"finetune:{seed}:{step}")
+        is_chat = [rng.random() < self.chat_share for _ in range(batch_size)]
+        n_tasks = batch_size - sum(is_chat)
+        problems = iter(tasks.generate("train", n_tasks, seed=f"{seed}:{step}", tasks=self.families)
+                        if n_tasks else [])
+        out = []
+        for chat in is_chat:
+            system = rng.random() < self.system_share
+            if chat:
+                record = rng.choice(self.chat)
+                prompt, answer = record["prompt"], record["response"]
+            else:
+                problem = next(problems)
+                prompt, answer = problem.prompt, tasks.training_answer(problem, rng)
+            out.append(self.encode(prompt, answer, system=system))
+        return out
+
+    def encode(self, user: str, answer: str, *, system: bool) -> Example:
+        prompt = self.tokenizer.encode(chat_data.chat_text(user, system=system)).ids
+        return Example(prompt, self.tokenizer.encode(answer).ids + [self.eos])
+
+
+def save_state(out: Path, model: LlamaDllm, opt: torch.optim.Optimizer, step: int, run: dict) -> None:
+    """The resumable state (written atomically) and the adapter alone."""
+    tmp = out / (STATE_FILE + ".tmp")
+    torch.save({"adapter": model.adapter_state(), "optimizer": opt.state_dict(), "step": step, "run": run}, tmp)
+    tmp.replace(out / STATE_FILE)
+    save_adapter(model, out / ADAPTER_FILE, run=run, step=step)
+
+
+def save_adapter(model: LlamaDllm, path: Path, *, run: dict, step: int) -> None:
+    metadata = {"rank": str(model.rank), "alpha": str(model.alpha), "step": str(step), "run": json.dumps(run)}
+    save_file({k: v.contiguous() for k, v in model.adapter_state().items()}, str(path), metadata=metadata)
+
+
+def resume(out: Path, model: LlamaDllm, opt: torch.optim.Optimizer, run: dict) -> int:
+    path = out / STATE_FILE
+    if not path.exists():
+        raise SystemExit(f"--resume: no {path}")
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    changed = {k: (state["run"].get(k), run[k]) for k in RUN_KEYS if state["run"].get(k) != run[k]}
+    if changed:
+        raise SystemExit(f"--resume: {path} was saved with other settings: "
+                         + ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in changed.items()))
+    model.load_adapter_state(state["adapter"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    run = {k: getattr(args, k) for k in RUN_KEYS}
+    run["alpha"] = 2.0 * args.rank if args.alpha is None else args.alpha
+    return run
+
+
+def train(args: argparse.Namespace) -> Path:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = run_settings(args)
+    model = LlamaDllm.from_checkpoint(args.base, rank=args.rank, alpha=run["alpha"], seed=args.seed)
+    tokenizer = Tokenizer.from_file(str(Path(args.base) / "tokenizer.json"))
+    records = chat_data.load(args.chat_data, "train") if args.chat_share > 0 else []
+    mix = Mix(tokenizer, tasks.SUITES[args.task_suite], records, chat_share=args.chat_share, system_share=args.system_share)
+    opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
+    step = resume(out, model, opt, run) if args.resume else 0
+    pad = tokenizer.token_to_id("<|endoftext|>")
+    began, last = time.perf_counter(), min(args.steps, args.until or args.steps)
+    with (out / LOG_FILE).open("a") as log:
+        if step == 0:
+            log.write(json.dumps({"run": run, "base": Path(args.base).name}) + "\n")
+        bar = tqdm(range(step, last), initial=step, total=last, desc="finetune", dynamic_ncols=True)
+        for step in bar:
+            batch = make_batch(mix.examples(seed=args.seed, step=step, batch_size=args.batch_size),
+                               block_size=model.shape.block_size, mask_id=model.shape.mask_id, pad_id=pad,
+                               gen=torch.Generator().manual_seed(args.seed * 1_000_003 + step),
+                               objective=args.objective)
+            lr = lr_at(step, lr=args.lr, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
+            ce = train_step(model, opt, batch, lr=lr)
+            bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.2e}")
+            elapsed = time.perf_counter() - began
+            log.write(json.dumps({"step": step + 1, "loss": round(ce, 5), "lr": lr, "tokens": int(batch.input_ids.numel()),
+                                  "seconds": round(elapsed, 2)}) + "\n")
+            out_of_time = args.max_minutes and elapsed > 60 * args.max_minutes
+            if (step + 1) % args.save_every == 0 or step + 1 == last or out_of_time:
+                save_state(out, model, opt, step + 1, run)
+                log.flush()
+            if out_of_time:
+                break
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Fine-tune the converted SmolLM2 into a block-diffusion model (LoRA, CPU).")
+    p.add_argument("--out", type=Path, required=True, help="run directory (train_state.pt, adapter, log)")
+    p.add_argument("--base", type=Path, default=Path("models/smollm2-base"), help="the converted base checkpoint")
+    p.add_argument("--chat-data", type=Path, default=Path("data/chat-smollm2.jsonl"))
+    p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (the cosine schedule's length)")
+    p.add_argument("--until", type=int, default=0, help="stop after this step (0: --steps); the schedule still spans --steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this much training time")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--task-suite", choices=tuple(tasks.SUITES), default=DEFAULT_SUITE,
+                   help="the task families to train on (recorded in the served config.json)")
+    p.add_argument("--chat-share", type=float, default=0.35, help="share of samples from the chat set")
+    p.add_argument("--system-share", type=float, default=0.5, help="share of samples with the default system prompt")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--objective", choices=("one_block", "all_blocks"), default="one_block")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
