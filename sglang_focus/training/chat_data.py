@@ -1,9 +1,10 @@
 """A small natural-chat data set for the SmolLM2 conversion, made here: templated prompts, answers written greedily by
 the autoregressive SmolLM2-135M-Instruct itself.
 
-    python -m sglang_focus.training.chat_data --base models/smollm2-base --out data/chat-smollm2.jsonl [--n 1200]
+    python -m sglang_focus.training.chat_data --base models/smollm2-base --out data/chat-smollm2.jsonl
 
-Prompts come from templates and word lists (questions, instructions, short stories, lists, rewrites, sums); each
+Prompts come from templates and word lists (questions, instructions, short stories, lists, rewrites, sums), mixed
+as evenly as the templates' sizes allow (`draw_prompts`: at most 100 from any template, 754 in all); each
 is answered by the frozen base model in its own chat format (greedy, KV-cached, with transformers' Llama built from
 the converted weights), up to `--max-new-tokens`; answers that do not end within that budget are dropped, so every
 kept answer ends with `<|im_end|>`. A prompt's split is a fixed hash of its text (10 % held out), as for the task
@@ -31,42 +32,61 @@ HELDOUT_PERCENT = 10
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 COUNTRIES = ("France", "Germany", "Spain", "Italy", "Japan", "Canada", "Brazil", "Egypt", "India", "Mexico",
-             "Norway", "Greece", "Kenya", "Peru", "Poland", "Portugal", "Sweden", "Turkey", "Chile", "Ireland")
+             "Norway", "Greece", "Kenya", "Peru", "Poland", "Portugal", "Sweden", "Turkey", "Chile", "Ireland",
+             "Australia", "China", "Argentina", "Nigeria", "Finland", "Austria", "Vietnam", "Morocco", "Denmark",
+             "Thailand", "Colombia", "Hungary", "Iceland", "Cuba", "Belgium", "Switzerland", "Russia", "Indonesia")
 ANIMALS = ("cat", "dog", "owl", "fox", "horse", "rabbit", "turtle", "dolphin", "bee", "penguin", "lion", "goat",
-           "parrot", "elephant", "frog", "whale", "squirrel", "wolf", "duck", "bear")
+           "parrot", "elephant", "frog", "whale", "squirrel", "wolf", "duck", "bear", "tiger", "camel", "shark",
+           "eagle", "mouse", "giraffe", "octopus", "snail", "zebra", "deer", "bat", "crab", "koala", "panda")
 TOPICS = ("the sea", "the moon", "autumn", "a quiet city", "rain", "the mountains", "a garden", "winter",
-          "the stars", "a river", "friendship", "a busy market", "the desert", "a library", "morning coffee")
+          "the stars", "a river", "friendship", "a busy market", "the desert", "a library", "morning coffee",
+          "spring", "a forest", "the sun", "snow", "a small village", "the wind", "a train journey", "a lighthouse",
+          "summer nights", "an old bridge")
 ACTIVITIES = ("learning to cook", "staying healthy", "saving money", "studying for exams", "sleeping better",
               "learning a language", "running a marathon", "keeping a plant alive", "writing a story",
-              "travelling on a budget", "working from home", "making friends", "reading more books")
+              "travelling on a budget", "working from home", "making friends", "reading more books",
+              "drinking more water", "learning to swim", "keeping a room tidy", "starting a garden",
+              "speaking in public", "riding a bike", "taking better photos")
 THINGS = ("a volcano", "a rainbow", "a computer", "a bicycle", "a battery", "a cloud", "a bridge", "an island",
-          "a telescope", "a vaccine", "a calendar", "a compass", "a magnet", "an orchestra", "a library")
+          "a telescope", "a vaccine", "a calendar", "a compass", "a magnet", "an orchestra", "a library",
+          "a glacier", "a map", "a clock", "a thermometer", "a microscope", "an umbrella", "a satellite",
+          "a desert", "a museum", "a robot", "a forest", "an engine", "a dictionary", "a lighthouse", "a piano")
 CATEGORIES = ("fruits", "colors", "sports", "musical instruments", "vegetables", "planets", "kitchen tools",
-              "farm animals", "board games", "flowers", "jobs", "countries in Europe", "things in a classroom")
+              "farm animals", "board games", "flowers", "jobs", "countries in Europe", "things in a classroom",
+              "birds", "trees", "vehicles", "animals that live in the sea", "things you wear in winter",
+              "breakfast foods", "school subjects", "tools in a toolbox", "rivers", "capital cities", "insects")
 SENTENCES = ("The dog runs to the park.", "She writes a letter to her friend.", "We eat dinner at seven.",
              "The children play in the garden.", "He reads a book every night.", "The train leaves at noon.",
              "I walk to school with my sister.", "They build a small house near the lake.",
-             "The baker sells fresh bread.", "My father drives a red car.", "The students listen to the teacher.")
+             "The baker sells fresh bread.", "My father drives a red car.", "The students listen to the teacher.",
+             "The cat sleeps on the sofa.", "We visit our grandmother on Sunday.", "The river flows to the sea.",
+             "He plays the guitar in a band.", "The sun rises over the hills.", "She paints the door blue.",
+             "They sing a song at the party.", "The farmer feeds the cows.", "I drink tea in the morning.")
 GOALS = ("fly", "find a friend", "cross the river", "see the ocean", "win a race", "learn to sing",
          "find its way home", "build a house", "climb a mountain", "stay awake all night")
 
+PER_TEMPLATE = 100  # no template gives more (the arithmetic ones could fill the whole set)
+# Every template asks for a short answer (one or two sentences, a short list): most fit 80 new tokens.
 TEMPLATES = (
     ("What is the capital of {country}?", {"country": COUNTRIES}),
-    ("Tell me one interesting fact about {country}.", {"country": COUNTRIES}),
-    ("Give me three tips for {activity}.", {"activity": ACTIVITIES}),
+    ("Tell me one interesting fact about {country} in one sentence.", {"country": COUNTRIES}),
+    ("What language do people speak in {country}?", {"country": COUNTRIES}),
+    ("Give me three short tips for {activity}.", {"activity": ACTIVITIES}),
+    ("What is the first step in {activity}?", {"activity": ACTIVITIES}),
     ("Write one sentence about a {animal}.", {"animal": ANIMALS}),
-    ("Where does a {animal} live?", {"animal": ANIMALS}),
+    ("Where does a {animal} live? Answer in one sentence.", {"animal": ANIMALS}),
+    ("What does a {animal} eat?", {"animal": ANIMALS}),
     ("Explain what {thing} is in one sentence.", {"thing": THINGS}),
+    ("What is {thing} used for? Answer briefly.", {"thing": THINGS}),
     ("List four {category}.", {"category": CATEGORIES}),
     ("Name three {category}.", {"category": CATEGORIES}),
-    ("Write a short poem about {topic}.", {"topic": TOPICS}),
+    ("Write a two-line poem about {topic}.", {"topic": TOPICS}),
     ("Describe {topic} in two sentences.", {"topic": TOPICS}),
     ("Rewrite this sentence in the past tense: {sentence}", {"sentence": SENTENCES}),
     ("Rewrite this sentence as a question: {sentence}", {"sentence": SENTENCES}),
-    ("Tell me a very short story about a {animal} who wants to {goal}.", {"animal": ANIMALS, "goal": GOALS}),
+    ("Tell me a two-sentence story about a {animal} who wants to {goal}.", {"animal": ANIMALS, "goal": GOALS}),
     ("What is {a} plus {b}?", {"a": tuple(range(2, 60)), "b": tuple(range(2, 40))}),
     ("What is {a} times {b}?", {"a": tuple(range(2, 13)), "b": tuple(range(2, 13))}),
-    ("Why is {thing} useful?", {"thing": THINGS}),
 )
 
 
@@ -85,8 +105,10 @@ def all_prompts() -> list[str]:
     return prompts
 
 
-def draw_prompts(n: int, seed: int) -> list[str]:
-    """`n` distinct prompts, templates mixed evenly (round robin over templates, random within each)."""
+def draw_prompts(n: int, seed: int, per_template: int = PER_TEMPLATE) -> list[str]:
+    """Up to `n` distinct prompts, the templates as evenly mixed as their sizes allow: round robin over the
+    templates (random order within each), a template leaving the rotation when its fills run out or it gave
+    `per_template`. A prefix of the list for a larger `n` is the list for a smaller one."""
     rng = random.Random(f"chat-prompts:{seed}")
     by_template = []
     for template, slots in TEMPLATES:
@@ -94,7 +116,7 @@ def draw_prompts(n: int, seed: int) -> list[str]:
         filled = [template.format(**dict(zip(names, values)))
                   for values in itertools.product(*(slots[k] for k in names))]
         rng.shuffle(filled)
-        by_template.append(filled)
+        by_template.append(filled[:per_template])
     out: list[str] = []
     for column in itertools.zip_longest(*by_template):
         out.extend(p for p in column if p is not None)
@@ -187,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Make the chat data set: templated prompts answered by SmolLM2 itself.")
     p.add_argument("--base", type=Path, default=Path("models/smollm2-base"), help="the converted base checkpoint")
     p.add_argument("--out", type=Path, default=Path("data/chat-smollm2.jsonl"))
-    p.add_argument("--n", type=int, default=1200, help="prompts to answer")
+    p.add_argument("--n", type=int, default=1000, help="prompts to answer (at most what the templates give)")
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
