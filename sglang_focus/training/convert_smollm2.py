@@ -84,7 +84,7 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return metadata, tensors
 
 
-class LlamaShape(NamedTuple):
+class GgufShape(NamedTuple):
     """The GGUF's Llama hyperparameters that the conversion needs."""
 
     layers: int
@@ -98,7 +98,7 @@ class LlamaShape(NamedTuple):
     vocab: int  # without the appended mask token
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping) -> "LlamaShape":
+    def from_metadata(cls, metadata: Mapping) -> "GgufShape":
         if metadata.get("general.architecture") != "llama":
             raise ConversionError(f"expected a llama GGUF, got {metadata.get('general.architecture')!r}")
         heads, hidden = int(metadata["llama.attention.head_count"]), int(metadata["llama.embedding_length"])
@@ -118,7 +118,7 @@ def unpermute_rotary_rows(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, head_dim // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def llada2_weights(tensors: Mapping[str, np.ndarray], shape: LlamaShape) -> Iterator[tuple[str, torch.Tensor]]:
+def llada2_weights(tensors: Mapping[str, np.ndarray], shape: GgufShape) -> Iterator[tuple[str, torch.Tensor]]:
     """The LLaDA2-layout float32 weights, the mask token's embedding row appended (the mean row)."""
     embed = tensors["token_embd.weight"]
     yield "model.word_embeddings.weight", torch.from_numpy(np.concatenate([embed, embed.mean(0, keepdims=True)]))
@@ -139,7 +139,7 @@ def llada2_weights(tensors: Mapping[str, np.ndarray], shape: LlamaShape) -> Iter
             yield name, torch.from_numpy(np.ascontiguousarray(value))
 
 
-def llada2_dense_config(shape: LlamaShape, metadata: Mapping) -> dict:
+def llada2_dense_config(shape: GgufShape, metadata: Mapping) -> dict:
     """config.json for SGLang's LLaDA2MoeModelLM holding a dense Llama. `model_type` qwen3_moe lets transformers
     parse it without remote code (as for the tiny LLaDA2 in `tiny_models`); `num_experts` must be an integer for
     the config class although no layer routes (first_k_dense_replace = layers)."""
@@ -223,24 +223,28 @@ def adapter_file(adapter: Path) -> Path:
 
 def merge_adapter(weights: dict[str, torch.Tensor], config: dict, adapter: Path) -> dict[str, torch.Tensor]:
     """Base weights + the LoRA adapter in `adapter`, folded into the LLaDA2-layout tensors."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from sglang_focus.training.llama_dllm import LlamaDllm, LlamaShape
 
-    with safe_open(str(adapter), "pt") as f:
-        meta = f.metadata() or {}
+    meta = adapter_metadata(adapter)
     model = LlamaDllm(LlamaShape.from_config(config), weights, rank=int(meta["rank"]), alpha=float(meta["alpha"]))
     model.load_adapter_state(load_file(str(adapter)))
     return model.merged_weights()
 
 
-def adapter_run(adapter: Path) -> dict:
-    """The finetune settings stored in the adapter's metadata."""
+def adapter_metadata(adapter: Path) -> dict[str, str]:
+    """The adapter file's metadata: its LoRA `rank` and `alpha`, the training `step` and the finetune `run`
+    settings (JSON), as `finetune.save_adapter` writes them."""
     from safetensors import safe_open
 
     with safe_open(str(adapter), "pt") as f:
-        return json.loads((f.metadata() or {}).get("run", "{}"))
+        return f.metadata() or {}
+
+
+def adapter_run(adapter: Path) -> dict:
+    """The finetune settings the adapter was trained with."""
+    return json.loads(adapter_metadata(adapter).get("run", "{}"))
 
 
 RECORD_NAME = "build.json"
@@ -278,7 +282,7 @@ def build(out_dir: Path, *, adapter: Path | None = None, force: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RECORD_NAME).unlink(missing_ok=True)
     metadata, tensors = read_gguf(gguf_path)
-    shape = LlamaShape.from_metadata(metadata)
+    shape = GgufShape.from_metadata(metadata)
     config = llada2_dense_config(shape, metadata)
     if adapter is not None:
         config["task_suite"] = adapter_run(adapter).get("task_suite", "tasks-all")

@@ -8,7 +8,7 @@ import pytest
 
 from sglang_focus.training import convert_smollm2 as conv
 
-SHAPE = conv.LlamaShape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64,
+SHAPE = conv.GgufShape(layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64,
                         rope_theta=100000.0, rms_norm_eps=1e-5, vocab=49152)
 METADATA = {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.padding_token_id": 2}
 

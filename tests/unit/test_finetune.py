@@ -16,11 +16,11 @@ from sglang_focus.training.checkpoints import MODELS_DIR
 from sglang_focus.training.llama_dllm import LlamaDllm, block_causal_visibility
 
 BASE = MODELS_DIR / "smollm2-base"  # built by `make setup`; only its tokenizer is used here
-TINY = convert_smollm2.LlamaShape(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16,
+TINY = convert_smollm2.GgufShape(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, head_dim=16,
                                   rope_theta=100000.0, rms_norm_eps=1e-5, vocab=49152)
 
 
-def random_dense_weights(shape: convert_smollm2.LlamaShape, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_dense_weights(shape: convert_smollm2.GgufShape, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *size: torch.randn(*size, generator=gen) * 0.05  # noqa: E731
     h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
