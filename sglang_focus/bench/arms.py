@@ -41,7 +41,7 @@ def add_arm_flags(parser) -> None:
     (defaults: every arm; FOCUS's own defaults)."""
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                         help="arms to run (default: all; always reported in the order stock, delayed, focus)")
-    parser.add_argument("--min-batch-tokens", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--min-batch-tokens", type=non_negative_int, default=None, metavar="N",
                         help="FOCUS skips eviction and the delayed cache in steps processing fewer block rows than "
                              f"N; 0 = never (default: FOCUS's default, {DEFAULT_MIN_BATCH_TOKENS})")
     parser.add_argument("--budget-reset", choices=BUDGET_RESETS, default=None,
@@ -54,7 +54,8 @@ def chosen_arms(args) -> list[str]:
     return [arm for arm in ARMS if arm in args.arms]
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
     import argparse
 
     try:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Mapping, Sequence
 
+from sglang_focus.bench.arms import non_negative_int
 from sglang_focus.stats import AUDIT_FIELDS, AUDIT_KEY, AuditStats
 
 
 def add_audit_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--audit-every", type=_non_negative_int, default=0, metavar="N",
+    parser.add_argument("--audit-every", type=non_negative_int, default=0, metavar="N",
                         help="focus arm: audit every N-th evicting step (FOCUS's audit_every) and report the share "
                              "of the tokens those steps decode that FOCUS would have kept; 0 = off (default)")
 
@@ -50,12 +51,3 @@ def format_audit(record: Mapping[str, object]) -> str | None:
             f"{record['audit_decodable']} decodable tokens would have been evicted, "
             f"{record['audited_steps']} audited request-steps)")
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
