@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,16 +70,24 @@ def generate(server: LocalServer, prompts, sampling=SAMPLING) -> list[dict]:
     return body if isinstance(body, list) else [body]
 
 
+def generate_one_by_one(server: LocalServer, prompts, sampling=SAMPLING) -> list[dict]:
+    """Each prompt alone, in order: a batch of one request on both servers compared. On the CPU a row's float path
+    can change with the batch's row count, and two servers receiving one multi-prompt request may form different
+    batches (arrival timing), which flips near-ties; requests sent one at a time are batched alike everywhere."""
+    return [generate(server, prompt, sampling)[0] for prompt in prompts]
+
+
 def audits(items) -> list[dict]:
     return [item["meta_info"]["focus_stats"]["audit"] for item in items]
 
 
 def test_auditing_every_evicting_step_decodes_as_the_delayed_only_arm(audited_and_delayed):
-    """Same output ids, forwards, processed rows and decoded tokens for 16 requests in one batch; the audited server
-    evicted nothing itself but saw steps where FOCUS would have evicted tokens it decoded."""
+    """Same output ids, forwards, processed rows and decoded tokens for every prompt (each sent alone, see
+    `generate_one_by_one`); the audited server evicted nothing itself but saw steps where FOCUS would have evicted
+    tokens it decoded. Prompts repeat, so the second round also decodes over prefixes the first one cached."""
     audited, delayed = audited_and_delayed
     prompts = PROMPTS * 2
-    got, expected = generate(audited, prompts), generate(delayed, prompts)
+    got, expected = generate_one_by_one(audited, prompts), generate_one_by_one(delayed, prompts)
     assert [i["output_ids"] for i in got] == [i["output_ids"] for i in expected]
     for mine, theirs in zip(got, expected):
         stats, reference = mine["meta_info"]["focus_stats"], theirs["meta_info"]["focus_stats"]
@@ -130,8 +139,15 @@ def never_due(request, tmp_path_factory, tiny_sdar) -> LocalServer:
 def test_without_an_audit_due_decoding_and_stats_are_those_of_a_server_that_does_not_audit(sdar_focus_server,
                                                                                           never_due):
     """The server without `audit_every` reports no audit and exports no audit counter; the one whose audit never
-    comes due decodes the same ids with the same counts, plus all-zero audit counts."""
-    plain, counting = generate(sdar_focus_server, PROMPTS), generate(never_due, PROMPTS)
+    comes due decodes the same ids with the same counts, plus all-zero audit counts. `sdar_focus_server` is shared
+    with other modules: its radix cache is flushed first (KV that FOCUS wrote for earlier requests is reused and
+    changes what a prompt decodes), and each prompt is sent alone (`generate_one_by_one`)."""
+    for server in (sdar_focus_server, never_due):
+        deadline = time.monotonic() + 60
+        while requests.post(f"{server.base_url}/flush_cache", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the shared server never became idle enough to flush its cache"
+            time.sleep(1)
+    plain, counting = generate_one_by_one(sdar_focus_server, PROMPTS), generate_one_by_one(never_due, PROMPTS)
     assert [i["output_ids"] for i in plain] == [i["output_ids"] for i in counting]
     for mine, theirs in zip(counting, plain):
         stats, reference = mine["meta_info"]["focus_stats"], theirs["meta_info"]["focus_stats"]
