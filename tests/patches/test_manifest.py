@@ -21,7 +21,7 @@ def test_every_patch_file_is_in_the_manifest():
 
 @pytest.mark.parametrize("patch", patches.MANIFEST, ids=lambda p: p.target.rsplit(".", 2)[-2] + "." + p.hook)
 def test_manifest_entry_is_documented_and_resolvable(patch):
-    assert patch.kind in HOOK_KINDS and patch.scope in {"focus", "dllm", "observe"}
+    assert patch.kind in HOOK_KINDS and patch.scope in {"focus", "dllm", "observe", "speed"}
     assert patch.why and patch.how and patch.removal
     module = importlib.import_module(f"sglang_focus.patches.{patch.module}")
     assert callable(getattr(module, patch.hook))
