@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Sequence
@@ -139,13 +140,37 @@ def train(args: argparse.Namespace) -> Path:
             elapsed = time.perf_counter() - began
             log.write(json.dumps({"step": step + 1, "loss": round(ce, 5), "lr": lr, "tokens": int(batch.input_ids.numel()),
                                   "seconds": round(elapsed, 2)}) + "\n")
-            out_of_time = args.max_minutes and elapsed > 60 * args.max_minutes
-            if (step + 1) % args.save_every == 0 or step + 1 == last or out_of_time:
+            must_stop = stop_requested.is_set() or (args.max_minutes and elapsed > 60 * args.max_minutes)
+            if (step + 1) % args.save_every == 0 or step + 1 == last or must_stop:
                 save_state(out, model, opt, step + 1, run)
                 log.flush()
-            if out_of_time:
+            if must_stop:
                 break
     return out
+
+
+class StopRequest:
+    """While installed, SIGTERM ends training after the current step, which is saved first (a bit-exact resume
+    point); `uninstall` restores the previous handler."""
+
+    def __init__(self) -> None:
+        self._set, self._previous = False, None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+    def install(self) -> None:
+        self._set = False
+        self._previous = signal.signal(signal.SIGTERM, lambda *_: self.set())
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+
+
+stop_requested = StopRequest()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -176,7 +201,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    train(parse_args(argv))
+    args = parse_args(argv)
+    stop_requested.install()
+    try:
+        train(args)
+    finally:
+        stop_requested.uninstall()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ SmolLM2's tokenizer): bit-exact resume, an adapter that merges into the served w
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,18 @@ def test_mix_is_a_function_of_seed_and_step_and_follows_its_shares(tiny_base, ch
     chat_share = sum(ex.answer == chat_answer for ex in samples) / len(samples)
     system_share = sum(ex.prompt[:3] == system for ex in samples) / len(samples)
     assert 0.4 < chat_share < 0.6 and 0.4 < system_share < 0.6
+
+
+def test_sigterm_stops_after_the_current_step_and_saves_it(tiny_base, chat_file, tmp_path, monkeypatch):
+    real_step = finetune.train_step
+
+    def step_then_sigterm(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(finetune, "train_step", step_then_sigterm)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    run(tmp_path / "run", tiny_base, chat_file, "--steps", "4", "--save-every", "100")
+    assert torch.load(tmp_path / "run" / finetune.STATE_FILE, weights_only=False)["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) == handler_before
