@@ -205,7 +205,11 @@ def save_plot(records: Sequence[dict], gains: Sequence[dict], path: Path, title:
         points = sorted((r["batch_size"], r["output_throughput"]) for r in records if r["arm"] == arm)
         if points:
             ax.plot(*zip(*points), style, color=color, label=f"{arm} output tok/s")
-    ax.set(xscale="log", xlabel="batch size (concurrent requests)", ylabel="output tokens / s", title=title)
+    import textwrap
+
+    wrapped = "\n".join(textwrap.fill(line, 80) for line in title.splitlines())
+    ax.set(xscale="log", xlabel="batch size (concurrent requests)", ylabel="output tokens / s")
+    ax.set_title(wrapped, fontsize="medium")
     ax.set_xticks([r["batch_size"] for r in records], [str(r["batch_size"]) for r in records])
     if gains:
         twin = ax.twinx()
