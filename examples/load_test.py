@@ -1,6 +1,6 @@
 """Bounded load on a block-diffusion server: N requests at concurrency C, then the server must be idle again.
 
-    python examples/load_test.py                          # models/sdar-tasks with --focus: 512 requests at 64, 2 rounds
+    python examples/load_test.py                          # the embedded default with --focus: 512 requests at 64, 2 rounds
     python examples/load_test.py --arm stock              # stock LowConfidence at the same threshold instead
     python examples/load_test.py --base-url http://127.0.0.1:30000 --server-pid PID   # a server already running
 

@@ -9,10 +9,14 @@ import json
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-# The embedded default: what `make demo`, bench.throughput, bench.accuracy, analysis.decodability and
-# examples/load_test.py serve or decode unless given --model-path, and whose shape bench.forward's "bundled"
-# preset times. Its successor in training is MODELS_DIR / "sdar-tasks-b32" (see its model card).
-EMBEDDED_DEFAULT = MODELS_DIR / "sdar-tasks"
+# The SmolLM2-135M-Instruct checkpoints, build products of `make setup` (never committed): the autoregressive base
+# in LLaDA2 layout, and the block-diffusion conversion (the base with the committed adapter merged).
+SMOLLM2_BASE = MODELS_DIR / "smollm2-base"
+SMOLLM2_DLLM = MODELS_DIR / "smollm2-dllm"
+# The embedded default: what `make demo`, bench.throughput, bench.accuracy, bench.chat_quality,
+# analysis.decodability and examples/load_test.py serve or decode unless given --model-path, and whose shape
+# bench.forward's "bundled" preset times. `models/sdar-tasks`, the small from-scratch model, stays for fast tests.
+EMBEDDED_DEFAULT = SMOLLM2_DLLM
 
 
 def block_size_of(model_dir: Path) -> int:

@@ -9,7 +9,7 @@ Each answer block of each problem is scored as training sees it (earlier blocks 
 every answer position of the block masked at ratio `--mask-ratio`, on the canonical answer; for the any-order
 families the model may prefer another valid order, so their numbers are an upper bound.
 
-    python -m sglang_focus.training.loss_breakdown --model-path models/sdar-tasks-b32 --n 10
+    python -m sglang_focus.training.loss_breakdown --model-path models/sdar-tasks --n 10
 """
 
 from __future__ import annotations

@@ -359,7 +359,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     # learned); `training.finetune` trains on it
     "tasks-all": ("arith", "sort", "reverse", "lookup", "profile", "walk", "chain", "pick", "story", "invent", "pack"),
 }
-DEFAULT_SUITE = "tasks-v1"  # the suite of the embedded default checkpoint (`models/sdar-tasks`)
+DEFAULT_SUITE = "tasks-v1"  # the suite of `models/sdar-tasks` (a checkpoint names its own in config.json)
 NEWEST_SUITE = "tasks-v2"  # what `train` trains on unless told otherwise
 SUITE_CONFIG_KEY = "task_suite"
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from sglang_focus.bench import accuracy as bench_accuracy
+from sglang_focus.bench import demo
 from sglang_focus.bench.arms import ARMS
 from sglang_focus.training import tasks
+from sglang_focus.training.checkpoints import EMBEDDED_DEFAULT
 from sglang_focus.training.tokenizer import EOS_TOKEN
 from sglang_focus.training.train import block_diffusion_generate, load_checkpoint
 
@@ -75,12 +77,17 @@ def test_harness_rejects_a_checkpoint_without_the_task_tokenizer(tmp_path):
 
 
 def test_demo_marks_every_answer_and_stops_its_server(tmp_path):
+    """`make demo` on the embedded default (the SmolLM2 conversion): chat answers shown, one problem per task family
+    plus one through the OpenAI API checked, and the server gone afterwards."""
     out = subprocess.run([sys.executable, "-m", "sglang_focus.bench.demo", "--log", str(tmp_path / "demo.log")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     marks = [line.strip()[0] for line in out.stdout.splitlines() if line.strip()[:1] in ("✓", "✗")]
-    assert len(marks) == len(tasks.suite_of(BUNDLED)) + 1
-    assert f"{marks.count('✓')}/{len(marks)} answers exactly right" in out.stdout
+    assert len(marks) == len(tasks.suite_of(EMBEDDED_DEFAULT)) + 1
+    chat = [line for line in out.stdout.splitlines() if line.strip().startswith("→")]
+    assert len(chat) == demo.CHAT_PROMPTS + 1 and any(len(line.strip()) > 10 for line in chat)
+    assert f"{marks.count('✓')}/{len(marks)} task answers exactly right" in out.stdout
+    assert out.stdout.count("tokens/forward") == len(marks) - 1 + demo.CHAT_PROMPTS, "frontend answers carry stats"
     assert "Server stopped." in out.stdout
     port = int(re.search(r"Server ready at http://127\.0\.0\.1:(\d+)", out.stdout).group(1))
     with socket.socket() as sock:

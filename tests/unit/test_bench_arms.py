@@ -74,7 +74,7 @@ def test_the_tools_default_to_the_one_embedded_checkpoint():
     assert forward.BUNDLED_CONFIG == EMBEDDED_DEFAULT / "config.json"
 
 
-@pytest.mark.parametrize("model, block", [("models/sdar-tasks", 16), ("models/sdar-tasks-b32", 32)])
+@pytest.mark.parametrize("model, block", [("models/sdar-tasks", 16), ("models/smollm2-dllm", 32)])
 def test_task_workloads_ask_for_whole_blocks_fitting_the_longest_answer(model, block):
     """Without --max-new-tokens every payload asks for the checkpoint's answer budget; given, exactly that."""
     workload = throughput.task_workload(Path(model), 20, None)
