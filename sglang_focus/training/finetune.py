@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -106,6 +106,24 @@ def resume(out: Path, model: LlamaDllm, opt: torch.optim.Optimizer, run: dict) -
     return int(state["step"])
 
 
+def init_from_adapter(model: LlamaDllm, adapter: Path) -> str:
+    """Load a trained adapter (a run directory or its adapter.safetensors) into `model` to start a new run from it;
+    returns the adapter's sha256. Its rank and alpha must be the run's (they fix what the LoRA factors mean)."""
+    from sglang_focus.training import convert_smollm2
+
+    try:
+        path = convert_smollm2.adapter_file(adapter)
+    except convert_smollm2.ConversionError as err:
+        raise SystemExit(f"--init-adapter: {err}") from None
+    meta = convert_smollm2.adapter_metadata(path)
+    found, wanted = (int(meta["rank"]), float(meta["alpha"])), (model.rank, float(model.alpha))
+    if found != wanted:
+        raise SystemExit(f"--init-adapter: {path} has rank {found[0]}, alpha {found[1]:g}; this run has rank "
+                         f"{wanted[0]}, alpha {wanted[1]:g}")
+    model.load_adapter_state(load_file(str(path)))
+    return convert_smollm2.sha256_of(path)
+
+
 def run_settings(args: argparse.Namespace) -> dict:
     run = {k: getattr(args, k) for k in RUN_KEYS}
     run["alpha"] = 2.0 * args.rank if args.alpha is None else args.alpha
@@ -121,13 +139,15 @@ def train(args: argparse.Namespace) -> Path:
     tokenizer = Tokenizer.from_file(str(Path(args.base) / "tokenizer.json"))
     records = chat_data.load(args.chat_data, "train") if args.chat_share > 0 else []
     mix = Mix(tokenizer, tasks.SUITES[args.task_suite], records, chat_share=args.chat_share, system_share=args.system_share)
+    started_from = init_from_adapter(model, args.init_adapter) if args.init_adapter and not args.resume else None
     opt = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     step = resume(out, model, opt, run) if args.resume else 0
     pad = tokenizer.token_to_id("<|endoftext|>")
     began, last = time.perf_counter(), min(args.steps, args.until or args.steps)
     with (out / LOG_FILE).open("a") as log:
         if step == 0:
-            log.write(json.dumps({"run": run, "base": Path(args.base).name}) + "\n")
+            log.write(json.dumps({"run": run, "base": Path(args.base).name, "init_adapter_sha256": started_from})
+                      + "\n")
         bar = tqdm(range(step, last), initial=step, total=last, desc="finetune", dynamic_ncols=True)
         for step in bar:
             batch = make_batch(mix.examples(seed=args.seed, step=step, batch_size=args.batch_size),
@@ -181,6 +201,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (the cosine schedule's length)")
     p.add_argument("--until", type=int, default=0, help="stop after this step (0: --steps); the schedule still spans --steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--init-adapter", type=Path, default=None,
+                   help="start a new run from this trained adapter (a run directory or its adapter.safetensors; "
+                        "fresh optimizer and schedule); a later --resume of the run continues from its own state")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this much training time")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")

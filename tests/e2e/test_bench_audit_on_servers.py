@@ -1,4 +1,4 @@
-"""bench.throughput and bench.accuracy with `--audit-every` on the bundled model: the focus arm reports its audited
+"""bench.throughput and bench.accuracy with `--audit-every` on the small task model (models/sdar-tasks): the focus arm reports its audited
 recall, an arm without the option reports none."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ def check_audited(record: dict) -> None:
     assert record["audit_recall"] == pytest.approx(1 - record["audit_evicted_decodable"] / record["audit_decodable"])
 
 
-def test_throughput_reports_the_audited_recall_of_the_focus_arm(tmp_path):
-    result = throughput.main(["--arms", "delayed", "focus", "--batch-sizes", "4", "--repeats", "1",
+def test_throughput_reports_the_audited_recall_of_the_focus_arm(tmp_path, bundled_model):
+    result = throughput.main(["--model-path", str(bundled_model), "--arms", "delayed", "focus", "--batch-sizes", "4", "--repeats", "1",
                               "--max-new-tokens", "32", "--min-batch-tokens", "0", "--audit-every", "1",
                               "--out", str(tmp_path), "--log-dir", str(tmp_path)])
     delayed, focus = result["records"]
@@ -30,8 +30,8 @@ def test_throughput_reports_the_audited_recall_of_the_focus_arm(tmp_path):
     assert json.loads((tmp_path / "throughput.json").read_text())["audit_every"] == 1
 
 
-def test_accuracy_reports_the_audited_recall_of_the_focus_arm(tmp_path, capsys):
-    result = accuracy.main(["--arms", "focus", "--n", "10", "--max-running", "8", "--min-batch-tokens", "0",
+def test_accuracy_reports_the_audited_recall_of_the_focus_arm(tmp_path, capsys, bundled_model):
+    result = accuracy.main(["--model-path", str(bundled_model), "--arms", "focus", "--n", "10", "--max-running", "8", "--min-batch-tokens", "0",
                             "--audit-every", "2", "--out", str(tmp_path), "--log-dir", str(tmp_path)])
     (focus,) = result["records"]
     check_audited(focus)

@@ -1,4 +1,4 @@
-"""bench.throughput end to end on the bundled model (small batches, all three arms), and its pure helpers."""
+"""bench.throughput end to end on the small task model, models/sdar-tasks (small batches, all three arms), and its pure helpers."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def test_bad_batch_sizes_are_one_clear_error():
     assert out.returncode == 2 and "--batch-sizes must be comma-separated integers" in out.stderr
 
 
-def test_small_run_of_the_three_arms_writes_table_json_and_plot(tmp_path):
-    result = bt.main(["--batch-sizes", "1,4", "--repeats", "1", "--max-new-tokens", "32", "--out", str(tmp_path),
+def test_small_run_of_the_three_arms_writes_table_json_and_plot(tmp_path, bundled_model):
+    result = bt.main(["--model-path", str(bundled_model), "--batch-sizes", "1,4", "--repeats", "1", "--max-new-tokens", "32", "--out", str(tmp_path),
                       "--log-dir", str(tmp_path), "--min-batch-tokens", "0", "--budget-reset", "block"])
     saved = json.loads((tmp_path / "throughput.json").read_text())
     assert saved["records"] == result["records"] and saved["arms"] == list(arms.ARMS)

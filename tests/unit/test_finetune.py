@@ -126,3 +126,20 @@ def test_sigterm_stops_after_the_current_step_and_saves_it(tiny_base, chat_file,
     run(tmp_path / "run", tiny_base, chat_file, "--steps", "4", "--save-every", "100")
     assert torch.load(tmp_path / "run" / finetune.STATE_FILE, weights_only=False)["step"] == 1
     assert signal.getsignal(signal.SIGTERM) == handler_before
+
+
+def test_a_new_run_can_start_from_a_trained_adapter(tiny_base, chat_file, tmp_path):
+    """--init-adapter loads the adapter before the first step (at learning rate 0 the new run's adapter is the old
+    one, bit for bit) and records its sha256; a rank that does not match is refused by name."""
+    run(tmp_path / "first", tiny_base, chat_file, "--steps", "2")
+    first = tmp_path / "first" / finetune.ADAPTER_FILE
+    run(tmp_path / "second", tiny_base, chat_file, "--steps", "1", "--lr", "0", "--init-adapter", str(tmp_path / "first"))
+    old, new = load_file(str(first)), load_file(str(tmp_path / "second" / finetune.ADAPTER_FILE))
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    header = json.loads((tmp_path / "second" / finetune.LOG_FILE).read_text().splitlines()[0])
+    assert header["init_adapter_sha256"] == convert_smollm2.sha256_of(first)
+    with pytest.raises(SystemExit, match="rank 4"):
+        finetune.main(["--out", str(tmp_path / "third"), "--base", str(tiny_base), "--chat-data", str(chat_file),
+                       "--rank", "8", "--steps", "1", "--threads", "1", "--init-adapter", str(first)])
+    with pytest.raises(SystemExit, match="no adapter"):
+        run(tmp_path / "fourth", tiny_base, chat_file, "--steps", "1", "--init-adapter", str(tmp_path / "missing"))

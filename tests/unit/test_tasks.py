@@ -69,7 +69,7 @@ def test_streams_cycle_through_every_task_of_the_suite(suite):
     assert [p.task for p in problems] == list(families) * 2
 
 
-def test_the_default_suite_is_the_embedded_checkpoints(bundled_model):
+def test_the_default_suite_is_the_small_task_models(bundled_model):
     assert tasks.suite_of(bundled_model) == tasks.SUITES[tasks.DEFAULT_SUITE]
     assert tasks.generate("heldout", 10, seed=1) == tasks.generate("heldout", 10, seed=1,
                                                                    tasks=tasks.SUITES[tasks.DEFAULT_SUITE])
