@@ -109,12 +109,9 @@ def format_table(records: Sequence[dict], task_names: Sequence[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sglang_focus.bench.accuracy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT,
-                   help="a checkpoint trained on a task suite (default: the embedded default)")
-    p.add_argument("--n", type=int, default=500, help="held-out problems (cycling through the tasks)")
-    p.add_argument("--seed", default="0", help="held-out sample seed")
+def add_arm_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `run_arm` reads (τ, α, the FOCUS arms' options, the audit, the scheduler limit, dtype, log
+    directory); `resolve_dtype` completes them after parsing."""
     p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
     p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
     arms.add_arm_flags(p)
@@ -122,13 +119,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
     p.add_argument("--dtype", default=None,
                    help="launch_server --dtype (every arm; default float32 on the CPU, auto on a GPU)")
-    p.add_argument("--out", type=Path, default=None, help="write OUT/accuracy.json")
     p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"), help="server logs")
-    args = p.parse_args(argv)
+
+
+def resolve_dtype(args: argparse.Namespace) -> None:
+    """--dtype left out: the serving dtype of this machine (`local_server.serving_dtype`)."""
     if args.dtype is None:
         from sglang_focus.bench.local_server import serving_dtype
 
         args.dtype = serving_dtype()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sglang_focus.bench.accuracy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", type=Path, default=EMBEDDED_DEFAULT,
+                   help="a checkpoint trained on a task suite (default: the embedded default)")
+    p.add_argument("--n", type=int, default=500, help="held-out problems (cycling through the tasks)")
+    p.add_argument("--seed", default="0", help="held-out sample seed")
+    add_arm_run_flags(p)
+    p.add_argument("--out", type=Path, default=None, help="write OUT/accuracy.json")
+    args = p.parse_args(argv)
+    resolve_dtype(args)
     if args.n < 1:
         p.error("--n must be at least 1")
     if not (args.model_path / "tokenizer.json").exists():

@@ -30,11 +30,11 @@ from typing import Sequence
 from tokenizers import Tokenizer
 
 from sglang_focus.bench import arms, audit
-from sglang_focus.bench.accuracy import run_arm
+from sglang_focus.bench.accuracy import add_arm_run_flags, resolve_dtype, run_arm
 from sglang_focus.bench.local_server import ServerStartError
-from sglang_focus.training.checkpoints import MODELS_DIR, SMOLLM2_BASE, SMOLLM2_DLLM
+from sglang_focus.training import chat_data
+from sglang_focus.training.checkpoints import SMOLLM2_BASE, SMOLLM2_DLLM
 
-CHAT_DATA = MODELS_DIR.parent / "data" / "chat-smollm2.jsonl"
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 TEACHER_ROW = "teacher"  # the reference row: the autoregressive model's own answers
 
@@ -91,11 +91,11 @@ def add_comparisons(records: Sequence[dict], responses: dict[str, list[Response]
     the teacher likes it more) and `identical_to_stock` (share of responses with the same ids), None without stock."""
     stock = next((r for r in records if r["arm"] == "stock"), None)
     for r in records:
-        same = stock is not None and r["arm"] in responses and stock["ll_per_token"]
+        comparable = stock is not None and r["arm"] in responses and stock["ll_per_token"]
         r["ll_change_vs_stock"] = ((r["ll_per_token"] - stock["ll_per_token"]) / abs(stock["ll_per_token"])
-                                   if same and r["ll_per_token"] is not None else None)
+                                   if comparable and r["ll_per_token"] is not None else None)
         r["identical_to_stock"] = (sum(a.ids == b.ids for a, b in zip(responses[r["arm"]], responses["stock"]))
-                                   / len(responses["stock"]) if same else None)
+                                   / len(responses["stock"]) if comparable else None)
 
 
 def format_table(records: Sequence[dict]) -> str:
@@ -118,23 +118,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", type=Path, default=SMOLLM2_DLLM, help="the block-diffusion chat model to serve")
     p.add_argument("--teacher", type=Path, default=SMOLLM2_BASE,
                    help="the autoregressive base checkpoint that scores the responses")
-    p.add_argument("--data", type=Path, default=CHAT_DATA, help="chat data set (its held-out split is asked)")
+    p.add_argument("--data", type=Path, default=chat_data.DATA_FILE, help="chat data set (its held-out split is asked)")
     p.add_argument("--n", type=int, default=None, help="held-out prompts to ask (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--threshold", type=float, default=arms.DEFAULT_THRESHOLD, help="τ, the same for every arm")
-    p.add_argument("--alpha", type=float, default=arms.DEFAULT_ALPHA, help="FOCUS budget factor α (focus arm)")
-    arms.add_arm_flags(p)
-    audit.add_audit_flag(p)
-    p.add_argument("--max-running", type=int, default=32, help="--max-running-requests and client concurrency")
-    p.add_argument("--dtype", default=None,
-                   help="launch_server --dtype (every arm; default float32 on the CPU, auto on a GPU)")
+    add_arm_run_flags(p)
     p.add_argument("--out", type=Path, default=None, help="write OUT/chat_quality.json")
-    p.add_argument("--log-dir", type=Path, default=Path(".cache/bench-logs"), help="server logs")
     args = p.parse_args(argv)
-    if args.dtype is None:
-        from sglang_focus.bench.local_server import serving_dtype
-
-        args.dtype = serving_dtype()
+    resolve_dtype(args)
     for flag, path, wanted in (("--model-path", args.model_path, "tokenizer.json"),
                                ("--teacher", args.teacher, "model.safetensors"), ("--data", args.data, None)):
         if not (path / wanted if wanted else path).exists():
@@ -148,8 +138,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    from sglang_focus.training import chat_data
-
     tokenizer = Tokenizer.from_file(str(args.model_path / "tokenizer.json"))
     end_ids = {tokenizer.token_to_id(m) for m in END_MARKERS}
     held_out = chat_data.load(args.data, "heldout")[:args.n]

@@ -51,10 +51,9 @@ def is_chat_model(model_path: Path) -> bool:
 
 def chat_questions(n: int) -> list[Question]:
     """The first `n` held-out prompts of the chat data set, in SmolLM2's chat format with its system prompt."""
-    from sglang_focus.bench.chat_quality import CHAT_DATA
     from sglang_focus.training import chat_data
 
-    held_out = chat_data.load(CHAT_DATA, "heldout")[:n]
+    held_out = chat_data.load(chat_data.DATA_FILE, "heldout")[:n]
     return [Question(r["prompt"], chat_data.chat_text(r["prompt"]), CHAT_MAX_TOKENS) for r in held_out]
 
 

@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+DATA_FILE = Path(__file__).resolve().parents[2] / "data" / "chat-smollm2.jsonl"  # the committed data set
 HELDOUT_PERCENT = 10
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -208,7 +209,7 @@ def load(path: Path, split: str) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Make the chat data set: templated prompts answered by SmolLM2 itself.")
     p.add_argument("--base", type=Path, default=Path("models/smollm2-base"), help="the converted base checkpoint")
-    p.add_argument("--out", type=Path, default=Path("data/chat-smollm2.jsonl"))
+    p.add_argument("--out", type=Path, default=DATA_FILE)
     p.add_argument("--n", type=int, default=1000, help="prompts to answer (at most what the templates give)")
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=16)

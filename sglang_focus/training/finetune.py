@@ -197,7 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Fine-tune the converted SmolLM2 into a block-diffusion model (LoRA, CPU).")
     p.add_argument("--out", type=Path, required=True, help="run directory (train_state.pt, adapter, log)")
     p.add_argument("--base", type=Path, default=Path("models/smollm2-base"), help="the converted base checkpoint")
-    p.add_argument("--chat-data", type=Path, default=Path("data/chat-smollm2.jsonl"))
+    p.add_argument("--chat-data", type=Path, default=chat_data.DATA_FILE)
     p.add_argument("--steps", type=int, default=3000, help="total optimizer steps (the cosine schedule's length)")
     p.add_argument("--until", type=int, default=0, help="stop after this step (0: --steps); the schedule still spans --steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")

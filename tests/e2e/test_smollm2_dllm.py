@@ -41,7 +41,7 @@ def test_focus_server_evicts_on_the_conversion_and_its_answers_end(dllm_model, t
     rows and decodes more than one token per forward."""
     config = tmp_path / "focus.yaml"
     config.write_text(yaml.safe_dump({"threshold": 0.8, "min_batch_tokens": 0}))
-    prompts = [r["prompt"] for r in chat_data.load(chat_data_file(), "heldout")[:4]]
+    prompts = [r["prompt"] for r in chat_data.load(chat_data.DATA_FILE, "heldout")[:4]]
     payload = {"text": [chat_data.chat_text(p) for p in prompts],
                "sampling_params": {"max_new_tokens": 96, "temperature": 0}}
     with LocalServer(dllm_model, ["--focus", "--focus-config", str(config), "--dtype", "float32"],
@@ -54,9 +54,3 @@ def test_focus_server_evicts_on_the_conversion_and_its_answers_end(dllm_model, t
     assert all(o["meta_info"]["finish_reason"]["type"] == "stop" and o["text"].strip() for o in outputs)
     assert sum(s["evicted"] for s in stats) > 0 and all(s["masked_kept_ratio"] < 1.0 for s in stats)
     assert sum(s["unmasked"] for s in stats) > sum(s["forwards"] for s in stats), "more than 1 token per forward"
-
-
-def chat_data_file() -> Path:
-    from sglang_focus.bench.chat_quality import CHAT_DATA
-
-    return CHAT_DATA

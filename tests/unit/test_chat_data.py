@@ -7,9 +7,8 @@ import json
 import re
 
 from sglang_focus.training import chat_data
-from sglang_focus.training.checkpoints import MODELS_DIR
 
-DATA = MODELS_DIR.parent / "data" / "chat-smollm2.jsonl"
+DATA = chat_data.DATA_FILE
 
 
 def template_of(prompt: str) -> str:
