@@ -7,9 +7,12 @@ remains after a grace period. Nothing is ever killed by name.
 from __future__ import annotations
 
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,14 +27,49 @@ CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARA
 CPU_DEFAULT_ARGS = ("--max-total-tokens", "8192", "--sleep-on-idle")
 
 
+# Ports for the HTTP server: under the kernel's ephemeral range (where bind(0), outgoing connections and gloo's
+# listening sockets take theirs, any of which can grab a port between our pick and the server's bind half a minute
+# later) and under the range SGLang picks its own NCCL/gloo rendezvous port from (22000-29999).
+SERVER_PORT_RANGE = (15000, 21999)
+START_ATTEMPTS = 3  # a start that loses its port to another process is retried on a new one
+PORT_TAKEN_MARKER = "address already in use"
+
+
 class ServerStartError(RuntimeError):
     pass
 
 
+class PortTakenError(ServerStartError):
+    """The server could not bind its HTTP port: another process took it after it was picked."""
+
+
 def free_port() -> int:
+    """A port nothing listens on now, preferably from SERVER_PORT_RANGE (random, so that concurrent pickers rarely
+    meet); bind(0) where that range overlaps the ephemeral range or is full."""
+    low, high = SERVER_PORT_RANGE
+    if high < _ephemeral_low():
+        for port in random.sample(range(low, high + 1), 64):
+            if _port_is_free(port):
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def cuda_available() -> bool:
@@ -57,7 +95,10 @@ class LocalServer:
         self.extra_env = dict(env or {})  # added to the server's environment
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_path) if log_path else None
+        # The server's output always goes to a file (a temporary one unless `log_path` is given): start-up errors
+        # quote its tail and a lost port is recognised there.
+        self._own_log = log_path is None
+        self.log_path = Path(log_path) if log_path else _temporary_log_path()
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self._log_file = None
@@ -68,14 +109,26 @@ class LocalServer:
                 "--host", "127.0.0.1", "--port", str(self.port), *cpu_args, *self.args]
 
     def start(self) -> "LocalServer":
-        """Launch and wait until healthy; a no-op if this instance already runs a server."""
+        """Launch and wait until healthy, on a new port if another process took this one in the meantime (at most
+        START_ATTEMPTS launches); a no-op if this instance already runs a server."""
         if self.process is not None:
             return self
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._launch_once()
+            except PortTakenError:
+                if attempt == START_ATTEMPTS:
+                    raise
+                self.port = free_port()
+                self.base_url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _launch_once(self) -> "LocalServer":
         env = dict(os.environ)
         if not cuda_available():
             env.update(CPU_ENV)
         env.update(self.extra_env)
-        self._log_file = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self._log_file = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         try:
@@ -88,6 +141,8 @@ class LocalServer:
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
+            if self._lost_its_port():
+                raise PortTakenError(f"port {self.port} was taken by another process{self._log_hint()}")
             if self.process.poll() is not None:
                 raise ServerStartError(f"server exited with code {self.process.returncode} during start-up"
                                        f"{self._log_hint()}")
@@ -99,11 +154,23 @@ class LocalServer:
             time.sleep(1.0)
         raise ServerStartError(f"server not healthy after {self.startup_timeout:.0f}s{self._log_hint()}")
 
+    def _lost_its_port(self) -> bool:
+        """Whether the server's log reports that its HTTP port could not be bound (uvicorn then waits on its
+        shutdown instead of exiting, so the process alone does not tell)."""
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        port = re.compile(rf"\b{self.port}\b")
+        return any(PORT_TAKEN_MARKER in line.lower() and port.search(line) for line in log.splitlines())
+
     def _log_hint(self) -> str:
-        if not self.log_path or not self.log_path.exists():
+        """The last lines of the server's output, to end an error message with."""
+        if not self.log_path.exists():
             return ""
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        return f"; log {self.log_path}:\n" + "\n".join(tail)
+        where = "server output" if self._own_log else f"log {self.log_path}"
+        return f"; {where}:\n" + "\n".join(tail)
 
     def stop(self, grace: float = 20.0) -> None:
         """Terminate the launcher and every process it started; idempotent."""
@@ -122,8 +189,9 @@ class LocalServer:
         psutil.wait_procs(alive, timeout=5)
         self.process.wait(timeout=5)
         self.process = None
-        if self._log_file not in (None, subprocess.DEVNULL):
-            self._log_file.close()
+        self._log_file.close()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "LocalServer":
         return self.start()
@@ -146,6 +214,12 @@ def start_side_by_side(servers: Sequence[LocalServer]) -> None:
         for server in servers:
             server.stop()
         raise errors[0]
+
+
+def _temporary_log_path() -> Path:
+    handle, name = tempfile.mkstemp(prefix="sglang-server-", suffix=".log")
+    os.close(handle)
+    return Path(name)
 
 
 def _signal_quietly(proc: psutil.Process, action: str) -> None:

@@ -8,6 +8,11 @@ block grid; one answer block is noised (answer positions masked with probability
 clean, the sample is cut after that block, attention is block-causal, and the loss is the mean cross-entropy of the
 masked tokens (`train.make_batch` / `train.diffusion_loss`, shared with the from-scratch models).
 
+Distillation (`--distill-weight W`, one_block only): the frozen autoregressive base, run causally over the sample's
+clean tokens, gives at position p - 1 the exact distribution of the token at the leftmost masked position p of the
+noised block (everything before p is clean); the loss adds W times KL(teacher || student at p), averaged over the
+samples. The teacher is the base checkpoint without the adapter.
+
 Data: the task families (`--task-suite`, training split, every valid answer drawn uniformly) and the chat set's
 training split (`--chat-data`, share `--chat-share`), in SmolLM2's chat format with or without its default system
 prompt (`--system-share`), so both the raw-id tools and the OpenAI route see a format the model was trained on. A
@@ -29,13 +34,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from sglang_focus.training import chat_data, tasks
 from sglang_focus.training.llama_dllm import LlamaDllm
-from sglang_focus.training.train import Example, lr_at, make_batch, make_optimizer, train_step
+from sglang_focus.training.train import IGNORE, DiffusionBatch, Example, lr_at, make_batch, make_optimizer, train_step
 
 STATE_FILE = "train_state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -43,7 +49,9 @@ LOG_FILE = "train_log.jsonl"
 DEFAULT_SUITE = "tasks-all"
 # The arguments that define the run; --resume refuses to continue a state saved with other values.
 RUN_KEYS = ("rank", "alpha", "task_suite", "chat_share", "system_share", "batch_size", "lr", "warmup", "steps",
-            "min_lr_ratio", "weight_decay", "objective", "seed")
+            "min_lr_ratio", "weight_decay", "objective", "seed", "distill_weight")
+# Run keys added after states were saved without them: a missing key reads as this value (what those runs did).
+RUN_KEY_DEFAULTS = {"distill_weight": 0.0}
 
 
 class Mix:
@@ -97,7 +105,8 @@ def resume(out: Path, model: LlamaDllm, opt: torch.optim.Optimizer, run: dict) -
     if not path.exists():
         raise SystemExit(f"--resume: no {path}")
     state = torch.load(path, weights_only=False, map_location="cpu")
-    changed = {k: (state["run"].get(k), run[k]) for k in RUN_KEYS if state["run"].get(k) != run[k]}
+    saved = {k: state["run"].get(k, RUN_KEY_DEFAULTS.get(k)) for k in RUN_KEYS}
+    changed = {k: (saved[k], run[k]) for k in RUN_KEYS if saved[k] != run[k]}
     if changed:
         raise SystemExit(f"--resume: {path} was saved with other settings: "
                          + ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in changed.items()))
@@ -124,6 +133,52 @@ def init_from_adapter(model: LlamaDllm, adapter: Path) -> str:
     return convert_smollm2.sha256_of(path)
 
 
+def leftmost_masked(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, positions): each row's leftmost masked position (rows without one are left out)."""
+    masked = targets != IGNORE
+    rows = torch.nonzero(masked.any(1)).flatten()
+    return rows, masked[rows].float().argmax(1)
+
+
+def distillation_kl(model: LlamaDllm, teacher: LlamaDllm, batch: DiffusionBatch, hidden: torch.Tensor, *,
+                    pad_id: int) -> torch.Tensor:
+    """Mean over samples of KL(teacher(. | clean prefix) || student) at each sample's leftmost masked position.
+
+    `hidden` is the student's final hidden state for `batch` (one_block layout: one noised block per row, so the
+    tokens before its leftmost masked position are all clean). Samples whose leftmost masked token is the padding
+    after `<|im_end|>` are left out (the autoregressive model never continues past it). The mask token's column is
+    left out of both distributions (the student can never emit it; the teacher never saw it)."""
+    clean = torch.where(batch.targets != IGNORE, batch.targets, batch.input_ids)
+    rows, first = leftmost_masked(batch.targets)
+    answer = clean[rows, first] != pad_id
+    rows, first = rows[answer], first[answer]
+    if len(rows) == 0:
+        return hidden.sum() * 0.0
+    causal = torch.ones(clean.shape[1], clean.shape[1], dtype=torch.bool).tril()
+    keep = torch.arange(model.embed.shape[0]) != model.shape.mask_id
+    with torch.no_grad():
+        teacher_hidden = teacher.hidden(clean[rows], causal)[torch.arange(len(rows)), first - 1]
+        teacher_logp = F.log_softmax(teacher_hidden @ teacher.embed[keep].T, dim=-1)
+    student_logp = F.log_softmax(hidden[rows, first] @ model.embed[keep].T, dim=-1)
+    return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
+
+
+def distill_step(model: LlamaDllm, teacher: LlamaDllm, opt: torch.optim.Optimizer, batch: DiffusionBatch, *,
+                 lr: float, weight: float, pad_id: int, clip: float = 1.0) -> tuple[float, float]:
+    """`train.train_step` with the distillation term added; returns (masked cross-entropy, KL) before the step."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    hidden = model.hidden(batch.input_ids, batch.visible, batch.positions)
+    where = batch.targets != IGNORE
+    ce = F.cross_entropy(model.logits(hidden[where]), batch.targets[where])
+    kl = distillation_kl(model, teacher, batch, hidden, pad_id=pad_id)
+    opt.zero_grad(set_to_none=True)
+    (ce + weight * kl).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return float(ce.detach()), float(kl.detach())
+
+
 def run_settings(args: argparse.Namespace) -> dict:
     run = {k: getattr(args, k) for k in RUN_KEYS}
     run["alpha"] = 2.0 * args.rank if args.alpha is None else args.alpha
@@ -135,7 +190,11 @@ def train(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = run_settings(args)
+    if args.distill_weight and args.objective != "one_block":
+        raise SystemExit("--distill-weight needs --objective one_block (the teacher's target is exact only for the "
+                         "leftmost masked position after a clean prefix)")
     model = LlamaDllm.from_checkpoint(args.base, rank=args.rank, alpha=run["alpha"], seed=args.seed)
+    teacher = LlamaDllm.from_checkpoint(args.base, rank=0) if args.distill_weight else None
     tokenizer = Tokenizer.from_file(str(Path(args.base) / "tokenizer.json"))
     records = chat_data.load(args.chat_data, "train") if args.chat_share > 0 else []
     mix = Mix(tokenizer, tasks.SUITES[args.task_suite], records, chat_share=args.chat_share, system_share=args.system_share)
@@ -155,10 +214,16 @@ def train(args: argparse.Namespace) -> Path:
                                gen=torch.Generator().manual_seed(args.seed * 1_000_003 + step),
                                objective=args.objective)
             lr = lr_at(step, lr=args.lr, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
-            ce = train_step(model, opt, batch, lr=lr)
-            bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.2e}")
+            record = {"step": step + 1}
+            if teacher is None:
+                ce = train_step(model, opt, batch, lr=lr)
+            else:
+                ce, kl = distill_step(model, teacher, opt, batch, lr=lr, weight=args.distill_weight,
+                                      pad_id=pad)
+                record["kl"] = round(kl, 5)
+            bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.2e}", **({"kl": f"{record['kl']:.3f}"} if teacher else {}))
             elapsed = time.perf_counter() - began
-            log.write(json.dumps({"step": step + 1, "loss": round(ce, 5), "lr": lr, "tokens": int(batch.input_ids.numel()),
+            log.write(json.dumps({**record, "loss": round(ce, 5), "lr": lr, "tokens": int(batch.input_ids.numel()),
                                   "seconds": round(elapsed, 2)}) + "\n")
             must_stop = stop_requested.is_set() or (args.max_minutes and elapsed > 60 * args.max_minutes)
             if (step + 1) % args.save_every == 0 or step + 1 == last or must_stop:
@@ -217,6 +282,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--objective", choices=("one_block", "all_blocks"), default="one_block")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="weight of the KL term from the frozen autoregressive base at the leftmost masked position "
+                        "(0: off; one_block only)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

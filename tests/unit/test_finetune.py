@@ -143,3 +143,52 @@ def test_a_new_run_can_start_from_a_trained_adapter(tiny_base, chat_file, tmp_pa
                        "--rank", "8", "--steps", "1", "--threads", "1", "--init-adapter", str(first)])
     with pytest.raises(SystemExit, match="no adapter"):
         run(tmp_path / "fourth", tiny_base, chat_file, "--steps", "1", "--init-adapter", str(tmp_path / "missing"))
+
+
+def test_distillation_targets_the_autoregressive_base_at_the_leftmost_masked_position(tiny_base, chat_file):
+    """The teacher's distribution is the causal base's next-token distribution given the clean prefix alone (nothing
+    after it leaks in), compared with the student's at the leftmost masked position; padding positions are left out."""
+    from tokenizers import Tokenizer
+
+    from sglang_focus.training.train import IGNORE
+
+    tokenizer = Tokenizer.from_file(str(tiny_base / "tokenizer.json"))
+    mix = finetune.Mix(tokenizer, ("sort", "walk"), chat_data.load(chat_file, "train"), chat_share=0.5, system_share=0.5)
+    student, teacher = LlamaDllm.from_checkpoint(tiny_base, rank=4), LlamaDllm.from_checkpoint(tiny_base, rank=0)
+    with torch.no_grad():
+        for _, param in student.trainable_named():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    pad = tokenizer.token_to_id("<|endoftext|>")
+    batch = finetune.make_batch(mix.examples(seed=0, step=0, batch_size=6), block_size=32, mask_id=student.shape.mask_id,
+                                pad_id=pad, gen=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = student.hidden(batch.input_ids, batch.visible, batch.positions)
+        kl = finetune.distillation_kl(student, teacher, batch, hidden, pad_id=pad)
+        expected = []
+        for row in range(batch.input_ids.shape[0]):
+            first = int((batch.targets[row] != IGNORE).nonzero()[0])
+            if batch.targets[row, first] == pad:
+                continue
+            prefix = batch.input_ids[row, :first][None]
+            causal = torch.ones(first, first, dtype=torch.bool).tril()
+            t = torch.log_softmax(teacher.logits(teacher.hidden(prefix, causal))[0, -1, :-1], -1)
+            s = torch.log_softmax(student.logits(hidden[row, first])[:-1], -1)
+            expected.append((t.exp() * (t - s)).sum())
+    assert expected and kl > 0
+    torch.testing.assert_close(kl, torch.stack(expected).mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_distilled_run_logs_its_kl_and_resumes_older_states(tiny_base, chat_file, tmp_path):
+    run(tmp_path / "run", tiny_base, chat_file, "--steps", "2", "--distill-weight", "0.5")
+    lines = [json.loads(line) for line in (tmp_path / "run" / finetune.LOG_FILE).read_text().splitlines()[1:]]
+    assert [line["step"] for line in lines] == [1, 2] and all(line["kl"] >= 0 for line in lines)
+    with pytest.raises(SystemExit, match="one_block"):
+        run(tmp_path / "other", tiny_base, chat_file, "--steps", "1", "--distill-weight", "0.5", "--objective", "all_blocks")
+    # A state saved before the distillation option existed resumes as an undistilled run.
+    run(tmp_path / "old", tiny_base, chat_file, "--steps", "4", "--until", "2")
+    state_path = tmp_path / "old" / finetune.STATE_FILE
+    state = torch.load(state_path, weights_only=False)
+    del state["run"]["distill_weight"]
+    torch.save(state, state_path)
+    run(tmp_path / "old", tiny_base, chat_file, "--steps", "4", "--resume")
+    assert torch.load(state_path, weights_only=False)["step"] == 4
