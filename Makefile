@@ -37,7 +37,7 @@ demo: setup
 	$(PY) -m sglang_focus.bench.demo
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not e2e"
