@@ -94,7 +94,6 @@ class LocalServer:
         self.args = list(args)
         self.extra_env = dict(env or {})  # added to the server's environment
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
         # The server's output always goes to a file (a temporary one unless `log_path` is given): start-up errors
         # quote its tail and a lost port is recognised there.
         self._own_log = log_path is None
@@ -102,6 +101,10 @@ class LocalServer:
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self._log_file = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         cpu_args = [] if cuda_available() else list(CPU_DEFAULT_ARGS)
@@ -113,15 +116,12 @@ class LocalServer:
         START_ATTEMPTS launches); a no-op if this instance already runs a server."""
         if self.process is not None:
             return self
-        for attempt in range(1, START_ATTEMPTS + 1):
+        for _ in range(START_ATTEMPTS - 1):
             try:
                 return self._launch_once()
             except PortTakenError:
-                if attempt == START_ATTEMPTS:
-                    raise
                 self.port = free_port()
-                self.base_url = f"http://127.0.0.1:{self.port}"
-        raise AssertionError("unreachable")
+        return self._launch_once()
 
     def _launch_once(self) -> "LocalServer":
         env = dict(os.environ)

@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from sglang_focus.training import chat_data, tasks
 from sglang_focus.training.llama_dllm import LlamaDllm
-from sglang_focus.training.train import IGNORE, DiffusionBatch, Example, lr_at, make_batch, make_optimizer, train_step
+from sglang_focus.training.train import (IGNORE, DiffusionBatch, Example, descend, diffusion_loss, lr_at, make_batch,
+                                         make_optimizer, train_step)
 
 STATE_FILE = "train_state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -158,25 +159,19 @@ def distillation_kl(model: LlamaDllm, teacher: LlamaDllm, batch: DiffusionBatch,
     keep = torch.arange(model.embed.shape[0]) != model.shape.mask_id
     with torch.no_grad():
         teacher_hidden = teacher.hidden(clean[rows], causal)[torch.arange(len(rows)), first - 1]
-        teacher_logp = F.log_softmax(teacher_hidden @ teacher.embed[keep].T, dim=-1)
-    student_logp = F.log_softmax(hidden[rows, first] @ model.embed[keep].T, dim=-1)
+        teacher_logp = F.log_softmax((teacher_hidden @ teacher.embed.T)[:, keep], dim=-1)
+    student_logp = F.log_softmax((hidden[rows, first] @ model.embed.T)[:, keep], dim=-1)
     return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
 
 
 def distill_step(model: LlamaDllm, teacher: LlamaDllm, opt: torch.optim.Optimizer, batch: DiffusionBatch, *,
                  lr: float, weight: float, pad_id: int, clip: float = 1.0) -> tuple[float, float]:
     """`train.train_step` with the distillation term added; returns (masked cross-entropy, KL) before the step."""
-    for group in opt.param_groups:
-        group["lr"] = lr
     hidden = model.hidden(batch.input_ids, batch.visible, batch.positions)
-    where = batch.targets != IGNORE
-    ce = F.cross_entropy(model.logits(hidden[where]), batch.targets[where])
+    loss, ce = diffusion_loss(model, batch, hidden=hidden)
     kl = distillation_kl(model, teacher, batch, hidden, pad_id=pad_id)
-    opt.zero_grad(set_to_none=True)
-    (ce + weight * kl).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-    return float(ce.detach()), float(kl.detach())
+    descend(model, opt, loss + weight * kl, lr=lr, clip=clip)
+    return ce, float(kl.detach())
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -221,7 +216,7 @@ def train(args: argparse.Namespace) -> Path:
                 ce, kl = distill_step(model, teacher, opt, batch, lr=lr, weight=args.distill_weight,
                                       pad_id=pad)
                 record["kl"] = round(kl, 5)
-            bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.2e}", **({"kl": f"{record['kl']:.3f}"} if teacher else {}))
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k == "kl"} | {"loss": f"{ce:.3f}", "lr": f"{lr:.2e}"})
             elapsed = time.perf_counter() - began
             log.write(json.dumps({**record, "loss": round(ce, 5), "lr": lr, "tokens": int(batch.input_ids.numel()),
                                   "seconds": round(elapsed, 2)}) + "\n")

@@ -269,10 +269,13 @@ def batch_to(batch: DiffusionBatch, device: torch.device | str) -> DiffusionBatc
                              if isinstance(getattr(batch, name), torch.Tensor)})
 
 
-def diffusion_loss(model: SdarLM, batch: DiffusionBatch, *, weighting: str = "none") -> tuple[torch.Tensor, float]:
+def diffusion_loss(model: SdarLM, batch: DiffusionBatch, *, weighting: str = "none",
+                   hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """(loss to minimise, mean cross-entropy over masked tokens). `inv_t` weights each token by 1/t of its block
-    and normalises by the maskable positions (the masked-diffusion ELBO); `none` is the plain masked mean."""
-    hidden = model.hidden(batch.input_ids, batch.visible, batch.positions)
+    and normalises by the maskable positions (the masked-diffusion ELBO); `none` is the plain masked mean. `hidden`:
+    the model's final hidden state for the batch when the caller already has it."""
+    if hidden is None:
+        hidden = model.hidden(batch.input_ids, batch.visible, batch.positions)
     where = batch.targets != IGNORE
     ce = F.cross_entropy(model.logits(hidden[where]), batch.targets[where], reduction="none")
     loss = (ce / batch.ratio[where]).sum() / batch.maskable if weighting == "inv_t" else ce.mean()
@@ -453,14 +456,19 @@ def save_state(out: Path, model: SdarLM, opt: torch.optim.Optimizer, step: int) 
 def train_step(model: SdarLM, opt: torch.optim.Optimizer, batch: DiffusionBatch, *, lr: float,
                weighting: str = "none", clip: float = 1.0) -> float:
     """One AdamW step at learning rate `lr`; returns the mean masked cross-entropy before the step."""
+    loss, ce = diffusion_loss(model, batch, weighting=weighting)
+    descend(model, opt, loss, lr=lr, clip=clip)
+    return ce
+
+
+def descend(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, *, lr: float, clip: float = 1.0) -> None:
+    """One optimizer step on `loss` at learning rate `lr`, gradients clipped to norm `clip`."""
     for group in opt.param_groups:
         group["lr"] = lr
-    loss, ce = diffusion_loss(model, batch, weighting=weighting)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
-    return ce
 
 
 def train(args: argparse.Namespace) -> Path:

@@ -1,5 +1,5 @@
 """The server helper every tool and test starts SGLang with survives losing its picked port to another process
-between the pick and the server's bind (gloo's listening sockets and outgoing connections take ports at any time)."""
+between the pick and the server's bind (any socket opened in between may draw the same port)."""
 
 from __future__ import annotations
 
