@@ -94,10 +94,10 @@ class LocalServer:
         self.args = list(args)
         self.extra_env = dict(env or {})  # added to the server's environment
         self.port = free_port()
-        # The server's output always goes to a file (a temporary one unless `log_path` is given): start-up errors
-        # quote its tail and a lost port is recognised there.
+        # The server's output always goes to a file: `log_path`, or else a temporary file made by each launch and
+        # deleted by stop() (None until then). Start-up errors quote its tail and a lost port is recognised there.
         self._own_log = log_path is None
-        self.log_path = Path(log_path) if log_path else _temporary_log_path()
+        self.log_path: Path | None = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self._log_file = None
@@ -128,6 +128,8 @@ class LocalServer:
         if not cuda_available():
             env.update(CPU_ENV)
         env.update(self.extra_env)
+        if self._own_log:
+            self.log_path = _temporary_log_path()
         self._log_file = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
@@ -157,6 +159,8 @@ class LocalServer:
     def _lost_its_port(self) -> bool:
         """Whether the server's log reports that its HTTP port could not be bound (uvicorn then waits on its
         shutdown instead of exiting, so the process alone does not tell)."""
+        if self.log_path is None:
+            return False
         try:
             log = self.log_path.read_text(errors="replace")
         except OSError:
@@ -166,7 +170,7 @@ class LocalServer:
 
     def _log_hint(self) -> str:
         """The last lines of the server's output, to end an error message with."""
-        if not self.log_path.exists():
+        if self.log_path is None or not self.log_path.exists():
             return ""
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
         where = "server output" if self._own_log else f"log {self.log_path}"
@@ -192,6 +196,7 @@ class LocalServer:
         self._log_file.close()
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
     def __enter__(self) -> "LocalServer":
         return self.start()

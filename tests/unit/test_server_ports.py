@@ -4,6 +4,7 @@ starts one whose port was taken)."""
 from __future__ import annotations
 
 import socket
+import sys
 
 from sglang_focus.bench import local_server
 from sglang_focus.bench.local_server import SERVER_PORT_RANGE, LocalServer, free_port
@@ -31,7 +32,19 @@ def test_a_bind_failure_on_its_own_port_is_recognised_in_the_log(tmp_path):
     assert server._lost_its_port()
 
 
-def test_a_server_without_a_log_path_keeps_its_output_in_a_temporary_file():
+def test_a_server_without_a_log_path_makes_its_temporary_log_at_launch_and_deletes_it_at_stop(monkeypatch):
     server = LocalServer("unused")
-    assert server.log_path.exists() and server.log_path.name.startswith("sglang-server-")
-    server.log_path.unlink()
+    assert server.log_path is None  # nothing made for a server that is never started
+    launched = []
+
+    def fake_wait(self):  # the launch itself is real: a command that exits at once, its output in the log
+        launched.append(self.log_path)
+        self.process.wait(timeout=30)
+
+    monkeypatch.setattr(LocalServer, "command", lambda self: [sys.executable, "-c", "print('hello from the server')"])
+    monkeypatch.setattr(LocalServer, "_wait_healthy", fake_wait)
+    server.start()
+    log = launched[0]
+    assert log.name.startswith("sglang-server-") and "hello from the server" in log.read_text()
+    server.stop()
+    assert not log.exists() and server.log_path is None
