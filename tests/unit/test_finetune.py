@@ -3,6 +3,7 @@ SmolLM2's tokenizer): bit-exact resume, an adapter that merges into the served w
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sglang_focus.training import chat_data, convert_smollm2, finetune
+from sglang_focus.training import chat_data, convert_smollm2, finetune, tasks
 from sglang_focus.training.checkpoints import MODELS_DIR
 from sglang_focus.training.llama_dllm import LlamaDllm, block_causal_visibility
 
@@ -111,6 +112,30 @@ def test_mix_is_a_function_of_seed_and_step_and_follows_its_shares(tiny_base, ch
     chat_share = sum(ex.answer == chat_answer for ex in samples) / len(samples)
     system_share = sum(ex.prompt[:3] == system for ex in samples) / len(samples)
     assert 0.4 < chat_share < 0.6 and 0.4 < system_share < 0.6
+
+
+def test_mix_draws_every_task_family_about_equally(tiny_base, chat_file, monkeypatch):
+    """Every family of the suite is trained on, in about equal shares, whatever a step's number of task samples (a
+    draw that started each step at the suite's first family never reached the last ones of tasks-all)."""
+    from tokenizers import Tokenizer
+
+    drawn = collections.Counter()
+    real_generate = tasks.generate
+
+    def counting_generate(*args, **kwargs):
+        problems = real_generate(*args, **kwargs)
+        drawn.update(p.task for p in problems)
+        return problems
+
+    monkeypatch.setattr(tasks, "generate", counting_generate)
+    tokenizer = Tokenizer.from_file(str(tiny_base / "tokenizer.json"))
+    families = tasks.SUITES["tasks-all"]
+    mix = finetune.Mix(tokenizer, families, chat_data.load(chat_file, "train"), chat_share=0.35, system_share=0.5)
+    for step in range(300):
+        mix.examples(seed=0, step=step, batch_size=8)
+    total = sum(drawn.values())
+    assert set(drawn) == set(families) and total > 1200
+    assert all(0.6 < drawn[f] * len(families) / total < 1.5 for f in families), drawn
 
 
 def test_sigterm_stops_after_the_current_step_and_saves_it(tiny_base, chat_file, tmp_path, monkeypatch):
