@@ -177,7 +177,10 @@ class LocalServer:
         return f"; {where}:\n" + "\n".join(tail)
 
     def stop(self, grace: float = 20.0) -> None:
-        """Terminate the launcher and every process it started; idempotent."""
+        """Stop the launcher and every process it started; idempotent. The launcher alone is asked first: SGLang
+        then drains and stops its own children (SIGTERM sent to a scheduler directly reads to SGLang as a crash,
+        whose handler sleeps 5 s before it cleans up); whatever is still alive after that is terminated, then
+        killed (half of `grace` for each round)."""
         if self.process is None:
             return
         try:
@@ -185,12 +188,15 @@ class LocalServer:
             tree = [launcher, *launcher.children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
-        for proc in tree:
-            _signal_quietly(proc, "terminate")
-        _, alive = psutil.wait_procs(tree, timeout=grace)
-        for proc in alive:
-            _signal_quietly(proc, "kill")
-        psutil.wait_procs(alive, timeout=5)
+        if tree:
+            _signal_quietly(tree[0], "terminate")
+            _, alive = psutil.wait_procs(tree, timeout=grace / 2)
+            for proc in alive:
+                _signal_quietly(proc, "terminate")
+            _, alive = psutil.wait_procs(alive, timeout=grace / 2)
+            for proc in alive:
+                _signal_quietly(proc, "kill")
+            psutil.wait_procs(alive, timeout=5)
         self.process.wait(timeout=5)
         self.process = None
         self._log_file.close()
