@@ -1,4 +1,4 @@
-"""Block-diffusion fine-tuning of the converted SmolLM2 with a LoRA adapter, on the CPU, resumable across sessions.
+"""Block-diffusion fine-tuning of the converted SmolLM2 with a LoRA adapter, on the CPU, resumable bit-exactly.
 
     python -m sglang_focus.training.finetune --out models/smollm2-dllm/adapter --steps 3000 [--resume] [--max-minutes M]
 
@@ -19,7 +19,7 @@ prompt (`--system-share`), so both the raw-id tools and the OpenAI route see a f
 step's samples are a function of (seed, step) alone, so `--resume` continues bit-exactly.
 
 What the run writes into OUT: `train_state.pt` (adapter, AdamW state, step, the run's arguments; committed while
-training spans sessions), `adapter.safetensors` (the adapter alone, what a finished run ships) and
+a run is unfinished), `adapter.safetensors` (the adapter alone, what a finished run ships) and
 `train_log.jsonl`. `convert_smollm2 --adapter OUT` builds the served checkpoint from the base and the adapter.
 """
 
