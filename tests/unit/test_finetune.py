@@ -138,6 +138,17 @@ def test_mix_draws_every_task_family_about_equally(tiny_base, chat_file, monkeyp
     assert all(0.6 < drawn[f] * len(families) / total < 1.5 for f in families), drawn
 
 
+def test_a_state_saved_with_the_old_family_draw_is_not_resumed(tiny_base, chat_file, tmp_path):
+    run(tmp_path / "old", tiny_base, chat_file, "--steps", "4", "--until", "2")
+    state_path = tmp_path / "old" / finetune.STATE_FILE
+    state = torch.load(state_path, weights_only=False)
+    assert state["run"]["task_draw"] == finetune.TASK_DRAW
+    del state["run"]["task_draw"]  # as saved before the draw was recorded
+    torch.save(state, state_path)
+    with pytest.raises(SystemExit, match="task_draw 'first_families' \\(now 'uniform'\\)"):
+        run(tmp_path / "old", tiny_base, chat_file, "--steps", "4", "--resume")
+
+
 def test_sigterm_stops_after_the_current_step_and_saves_it(tiny_base, chat_file, tmp_path, monkeypatch):
     real_step = finetune.train_step
 
