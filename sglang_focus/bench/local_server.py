@@ -159,8 +159,6 @@ class LocalServer:
     def _lost_its_port(self) -> bool:
         """Whether the server's log reports that its HTTP port could not be bound (uvicorn then waits on its
         shutdown instead of exiting, so the process alone does not tell)."""
-        if self.log_path is None:
-            return False
         try:
             log = self.log_path.read_text(errors="replace")
         except OSError:
@@ -170,7 +168,7 @@ class LocalServer:
 
     def _log_hint(self) -> str:
         """The last lines of the server's output, to end an error message with."""
-        if self.log_path is None or not self.log_path.exists():
+        if not self.log_path.exists():
             return ""
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
         where = "server output" if self._own_log else f"log {self.log_path}"

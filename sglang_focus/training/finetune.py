@@ -75,8 +75,7 @@ class Mix:
         rng = random.Random(f"finetune:{seed}:{step}")
         is_chat = [rng.random() < self.chat_share for _ in range(batch_size)]
         families = [rng.choice(self.families) for chat in is_chat if not chat]
-        problems = iter(tasks.generate("train", len(families), seed=f"{seed}:{step}", tasks=families)
-                        if families else [])
+        problems = iter(tasks.generate("train", len(families), seed=f"{seed}:{step}", tasks=families))
         out = []
         for chat in is_chat:
             system = rng.random() < self.system_share
@@ -222,7 +221,8 @@ def train(args: argparse.Namespace) -> Path:
                 ce, kl = distill_step(model, teacher, opt, batch, lr=lr, weight=args.distill_weight,
                                       pad_id=pad)
                 record["kl"] = round(kl, 5)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k == "kl"} | {"loss": f"{ce:.3f}", "lr": f"{lr:.2e}"})
+            extra = {"kl": f"{record['kl']:.3f}"} if "kl" in record else {}
+            bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.2e}", **extra)
             elapsed = time.perf_counter() - began
             log.write(json.dumps({**record, "loss": round(ce, 5), "lr": lr, "tokens": int(batch.input_ids.numel()),
                                   "seconds": round(elapsed, 2)}) + "\n")
